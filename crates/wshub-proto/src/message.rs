@@ -146,6 +146,16 @@ impl Message {
     }
 }
 
+impl fmt::Display for Message {
+    /// Text as is; binary as a byte count (binary data is rarely printable).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Message::Text(t) => f.write_str(t.as_str()),
+            Message::Binary(b) => write!(f, "<{} bytes of binary data>", b.len()),
+        }
+    }
+}
+
 /// A message encoded once as a server frame, to be queued on many connections.
 ///
 /// The plain frame (header + payload in one buffer) is built when the

@@ -1,0 +1,429 @@
+//! The connection driver: one tokio task per connection that moves bytes between
+//! the socket and the sans-IO [`Connection`], runs its timers, and runs the
+//! application's handler future in the same task.
+//!
+//! Each turn: take queued commands and messages from the shared state → write
+//! everything encoded with one vectored write → read into a per-thread scratch
+//! buffer (nothing is kept per connection between reads but an unfinished frame
+//! header) → hand events to the application → arm the next timer. Like quinn's
+//! `ConnectionDriver`, all I/O of a connection happens here and nowhere else.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Sleep;
+use wshub_proto::connection::{Connection, Event, State, Timeout};
+use wshub_proto::{CloseCode, CloseFrame};
+
+use crate::socket::{Disconnect, Outbound, Shared};
+
+/// Size of the per-thread read buffer.
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+/// Encoded output above which the driver stops pulling more messages from the
+/// shared queue, so that the backlog stays as whole messages (which the
+/// drop-oldest policy can drop) rather than encoded bytes.
+const HIGH_WATER: usize = 256 * 1024;
+
+/// Most slices handed to one vectored write (Linux's IOV_MAX is 1024).
+const MAX_IOV: usize = 64;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
+}
+
+/// A boxed handler future.
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What a driver needs besides its socket.
+pub(crate) struct DriverParts {
+    pub(crate) conn: Connection,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) handler: Option<HandlerFuture>,
+    pub(crate) write_stall_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    /// Bytes received after the handshake, in the same read as its end.
+    pub(crate) leftover: Vec<u8>,
+}
+
+pub(crate) struct Driver<S> {
+    io: S,
+    conn: Connection,
+    shared: Arc<Shared>,
+    handler: Option<HandlerFuture>,
+    sleep: Pin<Box<Sleep>>,
+    sleep_at: Option<Instant>,
+    stall_since: Option<Instant>,
+    needs_flush: bool,
+    write_stall_timeout: Duration,
+    close_timeout: Duration,
+    /// The close frame this side sent, for the disconnect reason.
+    local_close: Option<CloseFrame>,
+    peer_close: Option<Option<CloseFrame>>,
+    failure: Option<Disconnect>,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl<S> Driver<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    pub(crate) fn new(io: S, parts: DriverParts) -> Self {
+        let mut d = Driver {
+            io,
+            conn: parts.conn,
+            shared: parts.shared,
+            handler: parts.handler,
+            sleep: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            sleep_at: None,
+            stall_since: None,
+            needs_flush: false,
+            write_stall_timeout: parts.write_stall_timeout,
+            close_timeout: parts.close_timeout,
+            local_close: None,
+            peer_close: None,
+            failure: None,
+        };
+        let mut leftover = parts.leftover;
+        if !leftover.is_empty() {
+            if let Err(e) = d.conn.handle_input(now(), &mut leftover) {
+                d.failure = Some(Disconnect::Protocol(e));
+            }
+            d.dispatch_events();
+        }
+        d
+    }
+
+    /// Runs the connection to its end, then lets the handler finish.
+    pub(crate) async fn run(mut self) -> Disconnect {
+        let reason = poll_fn(|cx| self.poll_open(cx)).await;
+        let graceful = matches!(
+            reason,
+            Disconnect::Closed { .. } | Disconnect::Protocol(_) | Disconnect::SlowConsumer
+        );
+        self.finish(reason.clone());
+        if graceful {
+            // Write what is left (the close frame), close our side, and wait for
+            // the peer to close its side so the kernel does not answer unread
+            // data with a reset that could destroy the close frame in flight.
+            let io = &mut self.io;
+            let conn = &mut self.conn;
+            let _ = tokio::time::timeout(self.close_timeout, async move {
+                flush_all(io, conn).await?;
+                io.shutdown().await?;
+                let mut sink = [0u8; 4096];
+                while io.read(&mut sink).await? != 0 {}
+                io::Result::Ok(())
+            })
+            .await;
+        }
+        drop(self.io);
+        if let Some(h) = self.handler.take() {
+            h.await;
+        }
+        reason
+    }
+
+    /// Marks the connection ended for the application.
+    fn finish(&mut self, reason: Disconnect) {
+        let reader = {
+            let mut inner = self.shared.lock();
+            inner.ended = Some(reason);
+            inner.closing = true;
+            inner.out.clear();
+            inner.out_bytes = 0;
+            inner.reader.take()
+        };
+        if let Some(w) = reader {
+            w.wake();
+        }
+        self.shared.ended.notify_waiters();
+    }
+
+    fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
+        if let Some(h) = self.handler.as_mut() {
+            if h.as_mut().poll(cx).is_ready() {
+                self.handler = None;
+            }
+        }
+        loop {
+            let now = now();
+            if let Some(reason) = self.pull(cx, now) {
+                return Poll::Ready(reason);
+            }
+            let mut progress = match self.poll_write(cx, now) {
+                Ok(p) => p,
+                Err(e) => return Poll::Ready(Disconnect::Io(e.to_string())),
+            };
+            if self.conn.state() == State::Closed {
+                if !self.conn.has_output() && !self.needs_flush {
+                    return Poll::Ready(self.closed_reason());
+                }
+            } else if self.may_read() {
+                match self.poll_read(cx, now) {
+                    Poll::Ready(Ok(true)) => progress = true,
+                    Poll::Ready(Ok(false)) => {
+                        return Poll::Ready(self.failure.take().unwrap_or(Disconnect::Abnormal))
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Disconnect::Io(e.to_string())),
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        self.poll_timers(cx)
+    }
+
+    /// Takes commands and queued messages from the shared state.
+    fn pull(&mut self, cx: &mut Context<'_>, now: Instant) -> Option<Disconnect> {
+        let mut inner = self.shared.lock();
+        match &inner.driver {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.driver = Some(cx.waker().clone()),
+        }
+        if inner.terminate {
+            return Some(Disconnect::Terminated);
+        }
+        if inner.slow && self.failure.is_none() {
+            inner.out.clear();
+            inner.out_bytes = 0;
+            self.failure = Some(Disconnect::SlowConsumer);
+            let code = crate::close_codes::SLOW_CONSUMER;
+            let reason = "slow consumer: outbound queue full";
+            if self.conn.close(now, code, reason).is_ok() {
+                self.local_close = Some(CloseFrame::new(code, reason));
+            }
+        }
+        while self.conn.output_len() < HIGH_WATER {
+            let Some(item) = inner.out.pop_front() else {
+                break;
+            };
+            let res = match item {
+                Outbound::Message(m) => {
+                    inner.out_bytes -= m.len();
+                    self.conn.send(m)
+                }
+                Outbound::Prepared(p) => {
+                    inner.out_bytes -= p.message().len();
+                    self.conn.send_prepared(&p)
+                }
+                Outbound::Ping(b) => {
+                    inner.out_bytes -= b.len();
+                    self.conn.ping(&b)
+                }
+                Outbound::Close(code, reason) => {
+                    inner.out_bytes -= reason.len() + 2;
+                    let r = self.conn.close(now, code, &reason);
+                    if r.is_ok() && self.local_close.is_none() {
+                        self.local_close = Some(CloseFrame::new(code, &reason));
+                    }
+                    r
+                }
+            };
+            // Sends racing with the close handshake are dropped: the application
+            // learns of the end from `recv`/`closed`.
+            if let Err(e) = res {
+                tracing::trace!(id = self.shared.id, error = %e, "queued item dropped");
+            }
+        }
+        if inner.handles == 0 && self.handler.is_none() && self.conn.state() == State::Open {
+            // Nobody can send or receive on this connection any more.
+            if self.conn.close(now, CloseCode::NORMAL, "").is_ok() {
+                self.local_close = Some(CloseFrame::new(CloseCode::NORMAL, ""));
+            }
+        }
+        inner.wire_bytes = self.conn.output_len();
+        None
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, now: Instant) -> io::Result<bool> {
+        let mut progress = false;
+        while self.conn.has_output() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let n = self.conn.chunks_vectored(&mut iov);
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..n]) {
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(written)) => {
+                    self.conn.advance_output(written);
+                    self.stall_since = None;
+                    self.needs_flush = true;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {
+                    self.stall_since.get_or_insert(now);
+                    break;
+                }
+            }
+        }
+        if self.needs_flush {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => {
+                    self.stall_since.get_or_insert(now);
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Reading pauses while the application has a full inbound queue.
+    fn may_read(&self) -> bool {
+        let inner = self.shared.lock();
+        inner.inbound_bytes < self.shared.max_inbound_bytes || inner.inbound.is_empty()
+    }
+
+    /// Reads once into the thread's scratch buffer and feeds the connection.
+    /// `Ok(false)` is end of stream.
+    fn poll_read(&mut self, cx: &mut Context<'_>, now: Instant) -> Poll<io::Result<bool>> {
+        let io = &mut self.io;
+        let conn = &mut self.conn;
+        let mut read = |buf: &mut [u8]| -> Poll<io::Result<Option<Result<(), _>>>> {
+            let mut rb = ReadBuf::new(buf);
+            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(())) => {
+                    Poll::Ready(Ok(Some(conn.handle_input(now, rb.filled_mut()))))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        };
+        let polled = SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => read(&mut scratch),
+            // Only reachable if a driver were polled from inside another's read.
+            Err(_) => read(&mut vec![0u8; 4096]),
+        });
+        match polled {
+            Poll::Ready(Ok(Some(res))) => {
+                if let Err(e) = res {
+                    self.failure = Some(Disconnect::Protocol(e));
+                }
+                self.dispatch_events();
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Ok(None)) => Poll::Ready(Ok(false)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Hands decoded events to the application.
+    fn dispatch_events(&mut self) {
+        let mut wake = None;
+        let mut inner = None;
+        while let Some(ev) = self.conn.poll_event() {
+            match ev {
+                Event::Message(m) => {
+                    let inner = inner.get_or_insert_with(|| self.shared.lock());
+                    if inner.handles == 0 && self.handler.is_none() {
+                        // Nobody will ever read it.
+                        continue;
+                    }
+                    inner.inbound_bytes += m.len();
+                    inner.inbound.push_back(m);
+                    if wake.is_none() {
+                        wake = inner.reader.take();
+                    }
+                }
+                Event::Close(frame) => self.peer_close = Some(frame),
+                Event::Ping(_) | Event::Pong(_) => {}
+            }
+        }
+        drop(inner);
+        if let Some(w) = wake {
+            w.wake();
+        }
+    }
+
+    fn closed_reason(&mut self) -> Disconnect {
+        if let Some(f) = self.failure.take() {
+            return f;
+        }
+        match (&self.local_close, self.peer_close.take()) {
+            (Some(local), _) => Disconnect::Closed {
+                code: local.code,
+                reason: local.reason.clone(),
+                by_peer: false,
+            },
+            (None, Some(peer)) => {
+                let (code, reason) = match peer {
+                    Some(f) => (f.code, f.reason),
+                    None => (CloseCode::NO_STATUS, String::new()),
+                };
+                Disconnect::Closed {
+                    code,
+                    reason,
+                    by_peer: true,
+                }
+            }
+            (None, None) => Disconnect::Abnormal,
+        }
+    }
+
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
+        loop {
+            let stall_deadline = self.stall_since.map(|t| t + self.write_stall_timeout);
+            let deadline = match (self.conn.poll_timeout(), stall_deadline) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(d) => d,
+                    None => return Poll::Pending,
+                },
+            };
+            if self.sleep_at != Some(deadline) {
+                self.sleep
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(deadline));
+                self.sleep_at = Some(deadline);
+            }
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep_at = None;
+            let now = now();
+            if stall_deadline.is_some_and(|d| d <= now) {
+                return Poll::Ready(Disconnect::WriteStalled);
+            }
+            match self.conn.handle_timeout(now) {
+                Err(Timeout::Pong) => return Poll::Ready(Disconnect::PongTimeout),
+                Err(_) => return Poll::Ready(Disconnect::CloseTimeout),
+                Ok(()) => {
+                    if self.conn.has_output() {
+                        // A heartbeat ping was queued: go round again to write it.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn flush_all<S: AsyncWrite + Unpin>(io: &mut S, conn: &mut Connection) -> io::Result<()> {
+    while conn.has_output() {
+        let written = poll_fn(|cx| {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let n = conn.chunks_vectored(&mut iov);
+            Pin::new(&mut *io).poll_write_vectored(cx, &iov[..n])
+        })
+        .await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        conn.advance_output(written);
+    }
+    io.flush().await
+}

@@ -1,0 +1,547 @@
+//! [`Server`]: accepts TCP (optionally TLS) connections on a bound listener,
+//! performs the upgrade handshake with the sans-IO parser, and runs one driver task
+//! per connection until a shutdown future resolves; then closes every client with
+//! 1001 and waits, bounded, for them to go.
+//!
+//! The same accept path (limits, subprotocol, permessage-deflate, client IP,
+//! application check) serves connections upgraded by hyper or axum
+//! ([`crate::upgrade`]), so an app on a shared port behaves exactly like the
+//! standalone server.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use wshub_proto::deflate::{server_negotiate, DeflateParams};
+use wshub_proto::handshake::{parse_request, HandshakeError, UpgradeRequest};
+use wshub_proto::{CloseCode, Connection, Role};
+
+use crate::client_ip::resolve_client_ip;
+use crate::config::Config;
+use crate::driver::{Driver, DriverParts};
+use crate::registry::Clients;
+use crate::socket::{Info, Shared, WebSocket};
+
+/// A refused upgrade: the HTTP status and a plain-text reason for the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status} {reason}")]
+pub struct Rejection {
+    /// HTTP status code (400, 403, 426, 429, 431, 503 …).
+    pub status: u16,
+    /// Human-readable reason, sent as the response body.
+    pub reason: String,
+}
+
+impl Rejection {
+    /// A rejection with `status` and `reason`.
+    pub fn new(status: u16, reason: impl Into<String>) -> Rejection {
+        Rejection {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// Writes this rejection as a raw HTTP/1.1 response.
+    pub fn write_response(&self, out: &mut Vec<u8>) {
+        wshub_proto::handshake::write_reject_response(out, self.status, &self.reason, &[]);
+    }
+}
+
+impl From<HandshakeError> for Rejection {
+    fn from(e: HandshakeError) -> Rejection {
+        Rejection::new(e.status(), e.to_string())
+    }
+}
+
+/// What an application check sees of an upgrade request (see
+/// [`Server::check_request`]).
+#[derive(Debug)]
+pub struct HandshakeRequest<'a> {
+    /// Request path without the query.
+    pub path: &'a str,
+    /// Query string without `?`.
+    pub query: Option<&'a str>,
+    /// The `Origin` header (browsers always send it).
+    pub origin: Option<&'a str>,
+    /// The resolved client IP.
+    pub client_ip: IpAddr,
+    /// All request headers.
+    pub headers: &'a http::HeaderMap,
+}
+
+type Check = Arc<dyn Fn(&HandshakeRequest<'_>) -> Result<(), Rejection> + Send + Sync>;
+
+/// The connection handler: called once per accepted WebSocket.
+pub(crate) type Handler =
+    Arc<dyn Fn(WebSocket) -> crate::driver::HandlerFuture + Send + Sync + 'static>;
+
+/// A WebSocket server. Cheap to clone; clones share connections and settings.
+///
+/// ```no_run
+/// # async fn f() -> std::io::Result<()> {
+/// use wshub::{Config, Server};
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// let server = Server::new(Config::default());
+/// server
+///     .serve(listener, |mut ws| async move {
+///         ws.send("something").ok();
+///         while let Some(msg) = ws.recv().await {
+///             println!("received: {msg:?}");
+///         }
+///     }, tokio::signal::ctrl_c().map(|_| ()))
+///     .await
+/// # }
+/// # use futures_like::FutureExt; mod futures_like { pub trait FutureExt: std::future::Future + Sized { fn map<T>(self, f: impl FnOnce(Self::Output) -> T) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> where Self: 'static { Box::pin(async move { f(self.await) }) } } impl<F: std::future::Future> FutureExt for F {} }
+/// ```
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<ServerInner>,
+}
+
+struct ServerInner {
+    config: Config,
+    clients: Clients,
+    next_id: AtomicU64,
+    active: AtomicUsize,
+    idle: Notify,
+    draining: AtomicBool,
+    check: Mutex<Option<Check>>,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.inner.config)
+            .field("connections", &self.inner.clients.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a connection (from accept to the end of its driver) while alive.
+pub(crate) struct ActiveGuard(Arc<ServerInner>);
+
+impl ActiveGuard {
+    fn new(inner: &Arc<ServerInner>) -> ActiveGuard {
+        inner.active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(Arc::clone(inner))
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The outcome of the accept checks: what to answer in the 101 response.
+pub(crate) struct Accepted {
+    pub(crate) protocol: Option<String>,
+    pub(crate) deflate: Option<(DeflateParams, String)>,
+}
+
+/// Facts of one upgrade request, gathered by whichever HTTP layer parsed it.
+pub(crate) struct RequestFacts {
+    pub(crate) peer: SocketAddr,
+    pub(crate) client_ip: IpAddr,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) headers: http::HeaderMap,
+}
+
+impl Server {
+    /// A server with `config`.
+    pub fn new(config: Config) -> Server {
+        Server::build(config, None)
+    }
+
+    /// A server that speaks TLS (wss://) with `tls` on every accepted connection.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(config: Config, tls: Arc<rustls::ServerConfig>) -> Server {
+        Server::build(config, Some(tokio_rustls::TlsAcceptor::from(tls)))
+    }
+
+    fn build(
+        config: Config,
+        #[cfg(feature = "tls")] tls: Option<tokio_rustls::TlsAcceptor>,
+        #[cfg(not(feature = "tls"))] _tls: Option<()>,
+    ) -> Server {
+        Server {
+            inner: Arc::new(ServerInner {
+                config,
+                clients: Clients::default(),
+                next_id: AtomicU64::new(1),
+                active: AtomicUsize::new(0),
+                idle: Notify::new(),
+                draining: AtomicBool::new(false),
+                check: Mutex::new(None),
+                #[cfg(feature = "tls")]
+                tls,
+            }),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The open connections.
+    pub fn clients(&self) -> &Clients {
+        &self.inner.clients
+    }
+
+    /// Connections being handshaked or open.
+    pub fn active_connections(&self) -> usize {
+        self.inner.active.load(Ordering::Acquire)
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) has begun (new upgrades get 503).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Installs an application check run on every upgrade request after the
+    /// protocol checks (authentication, an Origin allow-list …). Returning a
+    /// [`Rejection`] refuses the upgrade with its status and reason.
+    pub fn check_request(
+        &self,
+        check: impl Fn(&HandshakeRequest<'_>) -> Result<(), Rejection> + Send + Sync + 'static,
+    ) {
+        let mut slot = self.inner.check.lock().unwrap_or_else(|p| p.into_inner());
+        *slot = Some(Arc::new(check));
+    }
+
+    /// Accepts connections from `listener` until `shutdown` resolves, calling
+    /// `handler` with each new WebSocket (in the connection's own task). Then
+    /// runs [`shutdown`](Self::shutdown).
+    pub async fn serve<H, F>(
+        &self,
+        listener: TcpListener,
+        handler: H,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()>
+    where
+        H: Fn(WebSocket) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let handler = into_handler(handler);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                res = listener.accept() => match res {
+                    Ok((tcp, peer)) => {
+                        let this = self.clone();
+                        let handler = Arc::clone(&handler);
+                        let guard = ActiveGuard::new(&self.inner);
+                        tokio::spawn(async move {
+                            this.handle_tcp(tcp, peer, handler, guard).await;
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        self.shutdown().await;
+        Ok(())
+    }
+
+    /// Graceful shutdown: new upgrades get 503, every client is sent close 1001,
+    /// and after [`shutdown_timeout`](crate::config::Builder::shutdown_timeout)
+    /// the remaining connections are dropped.
+    pub async fn shutdown(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+        self.inner
+            .clients
+            .close_all(CloseCode::GOING_AWAY, "server shutting down");
+        let timeout = self.inner.config.shutdown_timeout;
+        if tokio::time::timeout(timeout, self.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.active_connections(),
+                "shutdown timeout: dropping remaining connections"
+            );
+            self.inner.clients.terminate_all();
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.wait_idle()).await;
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.active_connections() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    async fn handle_tcp(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        handler: Handler,
+        guard: ActiveGuard,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        #[cfg(feature = "tls")]
+        if let Some(acceptor) = self.inner.tls.clone() {
+            let deadline = self.inner.config.handshake_timeout;
+            match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => self.handle_stream(tls, peer, handler, guard).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+            return;
+        }
+        self.handle_stream(tcp, peer, handler, guard).await;
+    }
+
+    /// Runs the upgrade handshake and then the connection on an accepted stream
+    /// (for custom accept loops). TLS, if any, must already be done.
+    pub async fn accept_stream<S, H, F>(&self, io: S, peer: SocketAddr, handler: H)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(WebSocket) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let guard = ActiveGuard::new(&self.inner);
+        self.handle_stream(io, peer, into_handler(handler), guard)
+            .await;
+    }
+
+    async fn handle_stream<S>(
+        &self,
+        mut io: S,
+        peer: SocketAddr,
+        handler: Handler,
+        guard: ActiveGuard,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = &self.inner.config;
+        let read = tokio::time::timeout(config.handshake_timeout, read_head(&mut io, config)).await;
+        let (req, mut buf) = match read {
+            Err(_) => {
+                tracing::debug!(%peer, "upgrade request timed out");
+                let rej = Rejection::new(408, "upgrade request not received in time");
+                return reject(io, &rej).await;
+            }
+            Ok(Err(HeadError::Io)) => return,
+            Ok(Err(HeadError::Reject(e))) => {
+                tracing::debug!(%peer, error = %e, "bad upgrade request");
+                return reject(io, &Rejection::from(e)).await;
+            }
+            Ok(Ok(x)) => x,
+        };
+        let upgrade = match req.validate_upgrade() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "bad upgrade request");
+                return reject(io, &Rejection::from(e)).await;
+            }
+        };
+        let mut headers = http::HeaderMap::with_capacity(req.headers.len());
+        for (name, value) in &req.headers {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        let facts = RequestFacts {
+            peer,
+            client_ip: resolve_client_ip(peer.ip(), req.iter_headers(), &config.trusted_proxies),
+            path: req.path().to_owned(),
+            query: req.query().map(str::to_owned),
+            headers,
+        };
+        let accepted = match self.accept_upgrade(&upgrade, &facts) {
+            Ok(a) => a,
+            Err(rej) => {
+                tracing::info!(%peer, client_ip = %facts.client_ip, status = rej.status, reason = %rej.reason, "upgrade rejected");
+                return reject(io, &rej).await;
+            }
+        };
+        let mut response = Vec::with_capacity(256);
+        upgrade.write_accept(
+            &mut response,
+            accepted.protocol.as_deref(),
+            accepted.deflate.as_ref().map(|(_, h)| h.as_str()),
+            &[],
+        );
+        if io.write_all(&response).await.is_err() || io.flush().await.is_err() {
+            return;
+        }
+        let leftover = buf.split_off(req.len);
+        drop(buf);
+        self.run_connection(io, facts, accepted, leftover, handler, guard)
+            .await;
+    }
+
+    /// The checks every upgrade goes through, whichever HTTP layer parsed it.
+    pub(crate) fn accept_upgrade(
+        &self,
+        upgrade: &UpgradeRequest,
+        facts: &RequestFacts,
+    ) -> Result<Accepted, Rejection> {
+        let config = &self.inner.config;
+        if self.is_draining() {
+            return Err(Rejection::new(503, "server is shutting down"));
+        }
+        if self.inner.clients.len() >= config.max_connections {
+            return Err(Rejection::new(503, "too many connections"));
+        }
+        let protocol = config.choose_protocol(&upgrade.protocols);
+        if protocol.is_none() && config.require_protocol {
+            let supported = config.protocols.join(", ");
+            return Err(Rejection::new(
+                400,
+                format!("no supported subprotocol offered (supported: {supported})"),
+            ));
+        }
+        let check = self
+            .inner
+            .check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(check) = check {
+            check(&HandshakeRequest {
+                path: &facts.path,
+                query: facts.query.as_deref(),
+                origin: upgrade.origin.as_deref(),
+                client_ip: facts.client_ip,
+                headers: &facts.headers,
+            })?;
+        }
+        let deflate = config
+            .deflate
+            .as_ref()
+            .and_then(|d| server_negotiate(&upgrade.extensions, d));
+        Ok(Accepted { protocol, deflate })
+    }
+
+    /// Runs an upgraded connection to its end.
+    pub(crate) async fn run_connection<S>(
+        &self,
+        io: S,
+        facts: RequestFacts,
+        accepted: Accepted,
+        leftover: Vec<u8>,
+        handler: Handler,
+        _guard: ActiveGuard,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = &self.inner.config;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let params = accepted.deflate.map(|(p, _)| p);
+        let shared = Arc::new(Shared {
+            id,
+            info: Info {
+                peer_addr: facts.peer,
+                client_ip: facts.client_ip,
+                path: facts.path,
+                query: facts.query,
+                headers: config.keep_headers.then_some(facts.headers),
+                protocol: accepted.protocol,
+                deflate: params.is_some(),
+            },
+            max_queue_bytes: config.max_queue_bytes,
+            policy: config.slow_consumer,
+            max_inbound_bytes: config.max_inbound_bytes,
+            inner: Mutex::default(),
+            ended: Notify::new(),
+        });
+        let conn = Connection::new(
+            config.conn_config(Role::Server).with_deflate(params),
+            tokio::time::Instant::now().into_std(),
+        );
+        let ws = WebSocket::new(Arc::clone(&shared));
+        let client_ip = shared.info.client_ip;
+        self.inner.clients.insert(Arc::clone(&shared));
+        tracing::debug!(id, peer = %shared.info.peer_addr, %client_ip, "connection open");
+        let driver = Driver::new(
+            io,
+            DriverParts {
+                conn,
+                shared,
+                handler: Some(handler(ws)),
+                write_stall_timeout: config.write_stall_timeout,
+                close_timeout: config.close_timeout,
+                leftover,
+            },
+        );
+        let reason = driver.run().await;
+        self.inner.clients.remove(id);
+        tracing::debug!(id, %client_ip, reason = %reason, "connection closed");
+    }
+}
+
+pub(crate) fn into_handler<H, F>(handler: H) -> Handler
+where
+    H: Fn(WebSocket) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    Arc::new(move |ws| Box::pin(handler(ws)))
+}
+
+pub(crate) fn active_guard(server: &Server) -> ActiveGuard {
+    ActiveGuard::new(&server.inner)
+}
+
+enum HeadError {
+    Io,
+    Reject(HandshakeError),
+}
+
+/// Reads until a complete request head is buffered (bytes after it are kept for
+/// the connection).
+async fn read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    config: &Config,
+) -> Result<(wshub_proto::handshake::Request, Vec<u8>), HeadError> {
+    let limits = config.limits();
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if let Some(req) = parse_request(&buf, limits).map_err(HeadError::Reject)? {
+            return Ok((req, buf));
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity().min(limits.max_header_bytes));
+        }
+        let n = io.read_buf(&mut buf).await.map_err(|_| HeadError::Io)?;
+        if n == 0 {
+            return Err(HeadError::Io);
+        }
+    }
+}
+
+async fn reject<S: AsyncWrite + Unpin>(mut io: S, rej: &Rejection) {
+    let mut out = Vec::with_capacity(256);
+    rej.write_response(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        io.write_all(&out).await?;
+        io.shutdown().await
+    })
+    .await;
+}

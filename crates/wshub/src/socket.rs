@@ -1,0 +1,453 @@
+//! [`WebSocket`]: the application's handle to one connection, and the state it
+//! shares with that connection's driver task.
+//!
+//! Sending never blocks and never does I/O: it appends to the connection's
+//! outbound queue (bounded in bytes, see [`SlowConsumerPolicy`]) and wakes the
+//! driver, which encodes and writes everything queued with one vectored write.
+//! Receiving pops from an inbound queue the driver fills; when the application
+//! falls behind, the driver stops reading from the socket (TCP backpressure).
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use wshub_proto::{CloseCode, Message, PreparedMessage, ProtocolError};
+
+use crate::config::SlowConsumerPolicy;
+
+/// A connection's id, unique within the process.
+pub type ConnectionId = u64;
+
+/// Why a connection ended.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disconnect {
+    /// The close handshake completed. `code` is 1005 if the closing frame carried
+    /// none; `by_peer` says who started it.
+    Closed {
+        /// Close code of the frame that started the handshake.
+        code: CloseCode,
+        /// Its reason text.
+        reason: String,
+        /// Whether the peer started the close handshake.
+        by_peer: bool,
+    },
+    /// The peer broke the protocol; it was sent the matching close code.
+    Protocol(ProtocolError),
+    /// The peer did not answer a heartbeat ping in time; the TCP connection was
+    /// dropped.
+    PongTimeout,
+    /// The peer did not answer our close frame in time.
+    CloseTimeout,
+    /// The socket accepted no bytes for the write-stall timeout.
+    WriteStalled,
+    /// The outbound queue overflowed under [`SlowConsumerPolicy::Close`].
+    SlowConsumer,
+    /// [`WebSocket::terminate`] was called, or shutdown ran out of time.
+    Terminated,
+    /// The TCP connection ended without a close frame (close code 1006).
+    Abnormal,
+    /// A read or write failed.
+    Io(String),
+}
+
+impl Disconnect {
+    /// The close code that describes this end (1006 when no close frame was
+    /// exchanged).
+    pub fn code(&self) -> CloseCode {
+        match self {
+            Disconnect::Closed { code, .. } => *code,
+            Disconnect::Protocol(e) => e.close_code(),
+            Disconnect::SlowConsumer => crate::close_codes::SLOW_CONSUMER,
+            _ => CloseCode::ABNORMAL,
+        }
+    }
+}
+
+impl std::fmt::Display for Disconnect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Disconnect::Closed {
+                code,
+                reason,
+                by_peer,
+            } => {
+                let who = if *by_peer { "peer" } else { "server" };
+                write!(f, "closed by {who} with {code} {reason:?}")
+            }
+            Disconnect::Protocol(e) => write!(f, "protocol error: {e}"),
+            Disconnect::PongTimeout => f.write_str("pong timeout"),
+            Disconnect::CloseTimeout => f.write_str("close handshake timeout"),
+            Disconnect::WriteStalled => f.write_str("write stalled"),
+            Disconnect::SlowConsumer => f.write_str("slow consumer"),
+            Disconnect::Terminated => f.write_str("terminated"),
+            Disconnect::Abnormal => f.write_str("connection lost without a close frame"),
+            Disconnect::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+/// Why a send (or ping, or close) was not queued.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The connection is closing or closed.
+    #[error("the connection is closed")]
+    Closed,
+    /// The outbound queue is full and the policy is
+    /// [`SlowConsumerPolicy::Close`]: the connection is being closed.
+    #[error("the outbound queue is full; closing the slow connection")]
+    SlowConsumer,
+    /// A ping payload over 125 bytes.
+    #[error("control frame payload of {0} bytes exceeds 125")]
+    ControlTooLarge(usize),
+    /// A close code that may not be sent.
+    #[error("close code {0} may not be sent")]
+    InvalidCloseCode(u16),
+}
+
+/// Facts about a connection, fixed at the handshake.
+#[derive(Debug)]
+pub(crate) struct Info {
+    pub(crate) peer_addr: SocketAddr,
+    pub(crate) client_ip: IpAddr,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) headers: Option<http::HeaderMap>,
+    pub(crate) protocol: Option<String>,
+    pub(crate) deflate: bool,
+}
+
+/// An item of the outbound queue.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Message(Message),
+    Prepared(Arc<PreparedMessage>),
+    Ping(Bytes),
+    Close(CloseCode, String),
+}
+
+impl Outbound {
+    fn len(&self) -> usize {
+        match self {
+            Outbound::Message(m) => m.len(),
+            Outbound::Prepared(p) => p.message().len(),
+            Outbound::Ping(b) => b.len(),
+            Outbound::Close(_, r) => r.len() + 2,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Inner {
+    pub(crate) out: VecDeque<Outbound>,
+    /// Payload bytes in `out`.
+    pub(crate) out_bytes: usize,
+    /// Bytes the driver has encoded but not yet written.
+    pub(crate) wire_bytes: usize,
+    /// No more sends are accepted (close queued, terminate, slow consumer).
+    pub(crate) closing: bool,
+    pub(crate) terminate: bool,
+    pub(crate) slow: bool,
+    pub(crate) driver: Option<Waker>,
+    pub(crate) inbound: VecDeque<Message>,
+    pub(crate) inbound_bytes: usize,
+    pub(crate) reader: Option<Waker>,
+    pub(crate) ended: Option<Disconnect>,
+    pub(crate) handles: usize,
+    pub(crate) dropped: u64,
+}
+
+/// State shared by the driver, the application's handles and the registry.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) id: ConnectionId,
+    pub(crate) info: Info,
+    pub(crate) max_queue_bytes: usize,
+    pub(crate) policy: SlowConsumerPolicy,
+    pub(crate) max_inbound_bytes: usize,
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) ended: tokio::sync::Notify,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves plain data behind; keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `item`, applying the queue limit and slow-consumer policy.
+    pub(crate) fn push(&self, item: Outbound) -> Result<(), SendError> {
+        let len = item.len();
+        let mut inner = self.lock();
+        if inner.closing || inner.ended.is_some() {
+            return Err(SendError::Closed);
+        }
+        let queued = inner.out_bytes + inner.wire_bytes;
+        if queued > 0 && queued + len > self.max_queue_bytes {
+            match self.policy {
+                SlowConsumerPolicy::Close => {
+                    inner.slow = true;
+                    inner.closing = true;
+                    let w = inner.driver.take();
+                    drop(inner);
+                    if let Some(w) = w {
+                        w.wake();
+                    }
+                    return Err(SendError::SlowConsumer);
+                }
+                SlowConsumerPolicy::DropOldest => {
+                    while inner.out_bytes + inner.wire_bytes + len > self.max_queue_bytes {
+                        let Some(old) = inner.out.pop_front() else {
+                            break;
+                        };
+                        inner.out_bytes -= old.len();
+                        inner.dropped += 1;
+                    }
+                    if inner.out_bytes + inner.wire_bytes + len > self.max_queue_bytes
+                        && inner.out_bytes + inner.wire_bytes > 0
+                    {
+                        // Only bytes already on their way remain: drop the new one.
+                        inner.dropped += 1;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if matches!(item, Outbound::Close(..)) {
+            inner.closing = true;
+        }
+        inner.out_bytes += len;
+        inner.out.push_back(item);
+        let w = inner.driver.take();
+        drop(inner);
+        if let Some(w) = w {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    fn wake_driver(&self) {
+        let w = self.lock().driver.take();
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+}
+
+/// The application's handle to one WebSocket connection.
+///
+/// Cheap to clone (all clones refer to the same connection). When the last
+/// handle is dropped and the connection handler has returned, the connection is
+/// closed with 1000.
+///
+/// ```no_run
+/// # async fn f(mut ws: wshub::WebSocket) {
+/// ws.send("something").ok();
+/// while let Some(msg) = ws.recv().await {
+///     println!("received: {:?}", msg);
+/// }
+/// println!("gone: {:?}", ws.disconnect());
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct WebSocket {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl WebSocket {
+    pub(crate) fn new(shared: Arc<Shared>) -> WebSocket {
+        shared.lock().handles += 1;
+        WebSocket { shared }
+    }
+
+    /// The connection's id (unique in this process).
+    pub fn id(&self) -> ConnectionId {
+        self.shared.id
+    }
+
+    /// The TCP peer address (a proxy's, behind a proxy).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.info.peer_addr
+    }
+
+    /// The client's IP: the peer address, or for a peer inside the configured
+    /// trusted proxies, the address those proxies report (see
+    /// [`client_ip`](crate::client_ip)).
+    pub fn client_ip(&self) -> IpAddr {
+        self.shared.info.client_ip
+    }
+
+    /// The request path of the upgrade request, without the query.
+    pub fn path(&self) -> &str {
+        &self.shared.info.path
+    }
+
+    /// The query string of the upgrade request, without `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.shared.info.query.as_deref()
+    }
+
+    /// The upgrade request's headers (unless [`keep_headers`](crate::config::Builder::keep_headers)
+    /// was turned off).
+    pub fn headers(&self) -> Option<&http::HeaderMap> {
+        self.shared.info.headers.as_ref()
+    }
+
+    /// The negotiated subprotocol.
+    pub fn protocol(&self) -> Option<&str> {
+        self.shared.info.protocol.as_deref()
+    }
+
+    /// Whether permessage-deflate was negotiated.
+    pub fn is_compressed(&self) -> bool {
+        self.shared.info.deflate
+    }
+
+    /// Whether the connection is open (no close queued, not ended).
+    pub fn is_open(&self) -> bool {
+        let inner = self.shared.lock();
+        !inner.closing && inner.ended.is_none()
+    }
+
+    /// Messages dropped under [`SlowConsumerPolicy::DropOldest`].
+    pub fn dropped_messages(&self) -> u64 {
+        self.shared.lock().dropped
+    }
+
+    /// Bytes queued for this connection and not yet written to its socket.
+    pub fn buffered_amount(&self) -> usize {
+        let inner = self.shared.lock();
+        inner.out_bytes + inner.wire_bytes
+    }
+
+    /// Queues a message (text for `&str`/`String`, binary for `Vec<u8>`/`Bytes`).
+    pub fn send(&self, msg: impl Into<Message>) -> Result<(), SendError> {
+        self.shared.push(Outbound::Message(msg.into()))
+    }
+
+    /// Queues a text message.
+    pub fn send_text(&self, text: &str) -> Result<(), SendError> {
+        self.send(Message::Text(text.into()))
+    }
+
+    /// Queues a binary message.
+    pub fn send_binary(&self, data: impl Into<Bytes>) -> Result<(), SendError> {
+        self.send(Message::Binary(data.into()))
+    }
+
+    /// Queues a frame that was encoded once for many receivers.
+    pub fn send_prepared(&self, msg: &Arc<PreparedMessage>) -> Result<(), SendError> {
+        self.shared.push(Outbound::Prepared(Arc::clone(msg)))
+    }
+
+    /// Queues a ping (payload at most 125 bytes). The heartbeat pings on its own;
+    /// this is for applications that want more.
+    pub fn ping(&self, payload: impl Into<Bytes>) -> Result<(), SendError> {
+        let payload = payload.into();
+        if payload.len() > 125 {
+            return Err(SendError::ControlTooLarge(payload.len()));
+        }
+        self.shared.push(Outbound::Ping(payload))
+    }
+
+    /// Starts the close handshake after everything already queued. The reason is
+    /// cut to 123 bytes. Further sends fail with [`SendError::Closed`].
+    pub fn close(&self, code: CloseCode, reason: &str) -> Result<(), SendError> {
+        if !code.is_valid_on_wire() {
+            return Err(SendError::InvalidCloseCode(code.0));
+        }
+        self.shared.push(Outbound::Close(code, reason.to_owned()))
+    }
+
+    /// Drops the TCP connection now, without a close handshake (like `ws`'s
+    /// `terminate()`).
+    pub fn terminate(&self) {
+        {
+            let mut inner = self.shared.lock();
+            inner.terminate = true;
+            inner.closing = true;
+        }
+        self.shared.wake_driver();
+    }
+
+    /// Receives the next message; `None` once the connection has ended and every
+    /// received message was returned.
+    pub async fn recv(&mut self) -> Option<Message> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next message (see [`recv`](Self::recv)).
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        let mut inner = self.shared.lock();
+        if let Some(m) = inner.inbound.pop_front() {
+            let was_full = inner.inbound_bytes >= self.shared.max_inbound_bytes;
+            inner.inbound_bytes -= m.len();
+            let w = if was_full && inner.inbound_bytes < self.shared.max_inbound_bytes {
+                inner.driver.take()
+            } else {
+                None
+            };
+            drop(inner);
+            if let Some(w) = w {
+                w.wake();
+            }
+            return Poll::Ready(Some(m));
+        }
+        if inner.ended.is_some() {
+            return Poll::Ready(None);
+        }
+        match &inner.reader {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.reader = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Why the connection ended, once it has.
+    pub fn disconnect(&self) -> Option<Disconnect> {
+        self.shared.lock().ended.clone()
+    }
+
+    /// Waits until the connection has ended and returns why.
+    pub async fn closed(&self) -> Disconnect {
+        loop {
+            let notified = self.shared.ended.notified();
+            if let Some(d) = self.disconnect() {
+                return d;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Clone for WebSocket {
+    fn clone(&self) -> Self {
+        WebSocket::new(Arc::clone(&self.shared))
+    }
+}
+
+impl Drop for WebSocket {
+    fn drop(&mut self) {
+        let last = {
+            let mut inner = self.shared.lock();
+            inner.handles -= 1;
+            inner.handles == 0
+        };
+        if last {
+            self.shared.wake_driver();
+        }
+    }
+}
+
+impl futures_core::Stream for WebSocket {
+    type Item = Message;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.poll_recv(cx)
+    }
+}
