@@ -1,1 +1,48 @@
-fn main() {}
+//! The `wshub` binary: the server (`wshub serve`, also what a bare `wshub` runs)
+//! and the CLI tools (`wshub bench`).
+//!
+//! Errors from the libraries arrive here as typed errors and are printed with
+//! their whole chain; `main` returns an exit code instead of panicking.
+
+mod bench;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// wshub: a WebSocket server toolkit and real-time gateway.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default command).
+    Serve(serve::ServeArgs),
+    /// Load-test a WebSocket server.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => serve::run(serve::ServeArgs::default()),
+        Some(Command::Serve(args)) => serve::run(args),
+        Some(Command::Bench(cmd)) => bench::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("wshub: error: {err}");
+            for cause in err.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
