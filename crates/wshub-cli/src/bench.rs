@@ -165,9 +165,7 @@ async fn echo(args: EchoArgs) -> anyhow::Result<()> {
         f64::from(lat[idx]) / 1000.0
     };
     let rate = count as f64 / elapsed.as_secs_f64();
-    let cpu_text = cpu_us_per_msg.map_or(String::new(), |c| {
-        format!(", server CPU {c:.2} us/msg")
-    });
+    let cpu_text = cpu_us_per_msg.map_or(String::new(), |c| format!(", server CPU {c:.2} us/msg"));
     println!(
         "echo {} conns x {} in flight x {} B {}: {:.0} msg/s, p50 {:.3} ms, p99 {:.3} ms{}, {} messages, {} errors",
         args.connections,

@@ -851,6 +851,22 @@ impl Connection {
             .min()
     }
 
+    /// Stops the heartbeat (no pings, no pong deadline), e.g. while the caller
+    /// has stopped reading because its application is not keeping up: pongs
+    /// could not be seen, so the peer must not be blamed for missing them.
+    pub fn suspend_heartbeat(&mut self) {
+        self.next_ping = None;
+        self.pong_deadline = None;
+    }
+
+    /// Restarts the heartbeat after [`suspend_heartbeat`](Self::suspend_heartbeat):
+    /// the next ping goes out one interval after `now`.
+    pub fn resume_heartbeat(&mut self, now: Instant) {
+        if self.state == State::Open {
+            self.next_ping = self.config.ping_interval.map(|i| now + i);
+        }
+    }
+
     /// Runs the timers due at `now`: sends a heartbeat ping, or reports that the
     /// peer missed its pong or the close handshake ran out of time (drop the
     /// transport then).

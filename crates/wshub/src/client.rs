@@ -122,6 +122,12 @@ impl ClientBuilder {
         self
     }
 
+    /// How long the server has to answer a client heartbeat ping. Default is 10 s.
+    pub fn pong_timeout(mut self, timeout: Duration) -> Self {
+        self.pong_timeout = timeout;
+        self
+    }
+
     /// Deadline for TCP connect + TLS + upgrade. Default is 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -228,7 +234,7 @@ impl ClientBuilder {
             None => (target.path.clone(), None),
         };
         let shared = Arc::new(Shared {
-            id: 0,
+            id: crate::socket::next_id(),
             info: Info {
                 peer_addr: peer,
                 client_ip: peer.ip(),

@@ -61,6 +61,7 @@ pub(crate) struct Driver<S> {
     sleep_at: Option<Instant>,
     stall_since: Option<Instant>,
     needs_flush: bool,
+    read_paused: bool,
     write_stall_timeout: Duration,
     close_timeout: Duration,
     /// The close frame this side sent, for the disconnect reason.
@@ -87,6 +88,7 @@ where
             sleep_at: None,
             stall_since: None,
             needs_flush: false,
+            read_paused: false,
             write_stall_timeout: parts.write_stall_timeout,
             close_timeout: parts.close_timeout,
             local_close: None,
@@ -98,7 +100,8 @@ where
             if let Err(e) = d.conn.handle_input(now(), &mut leftover) {
                 d.failure = Some(Disconnect::Protocol(e));
             }
-            d.dispatch_events();
+            // Nobody waits yet: the handler has not been polled.
+            drop(d.dispatch_events());
         }
         d
     }
@@ -135,28 +138,32 @@ where
 
     /// Marks the connection ended for the application.
     fn finish(&mut self, reason: Disconnect) {
-        let reader = {
-            let mut inner = self.shared.lock();
-            inner.ended = Some(reason);
-            inner.closing = true;
-            inner.out.clear();
-            inner.out_bytes = 0;
-            inner.reader.take()
-        };
-        if let Some(w) = reader {
-            w.wake();
-        }
-        self.shared.ended.notify_waiters();
+        self.shared.mark_ended(reason);
     }
 
     fn poll_open(&mut self, cx: &mut Context<'_>) -> Poll<Disconnect> {
-        if let Some(h) = self.handler.as_mut() {
-            if h.as_mut().poll(cx).is_ready() {
-                self.handler = None;
-            }
-        }
         loop {
+            // The handler runs first in each turn, so a message read in the
+            // previous turn is answered and written without another task wake-up.
             let now = now();
+            if let Some(h) = self.handler.as_mut() {
+                // A panicking handler must not take the connection down with the
+                // task without a close frame and a registry entry left behind.
+                let polled =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| h.as_mut().poll(cx)));
+                match polled {
+                    Ok(Poll::Pending) => {}
+                    Ok(Poll::Ready(())) => self.handler = None,
+                    Err(_) => {
+                        self.handler = None;
+                        tracing::error!(id = self.shared.id, "connection handler panicked");
+                        self.failure = Some(Disconnect::HandlerPanicked);
+                        let _ = self
+                            .conn
+                            .close(now, CloseCode::INTERNAL_ERROR, "internal error");
+                    }
+                }
+            }
             if let Some(reason) = self.pull(cx, now) {
                 return Poll::Ready(reason);
             }
@@ -168,7 +175,7 @@ where
                 if !self.conn.has_output() && !self.needs_flush {
                     return Poll::Ready(self.closed_reason());
                 }
-            } else if self.may_read() {
+            } else if self.may_read(now) {
                 match self.poll_read(cx, now) {
                     Poll::Ready(Ok(true)) => progress = true,
                     Poll::Ready(Ok(false)) => {
@@ -205,7 +212,10 @@ where
                 self.local_close = Some(CloseFrame::new(code, reason));
             }
         }
-        while self.conn.output_len() < HIGH_WATER {
+        // Encode ahead at most a quarter of the queue limit, so most of a backlog
+        // stays as whole messages the drop-oldest policy can still drop.
+        let high_water = HIGH_WATER.min(self.shared.max_queue_bytes / 4).max(1);
+        while self.conn.output_len() < high_water {
             let Some(item) = inner.out.pop_front() else {
                 break;
             };
@@ -279,10 +289,23 @@ where
         Ok(progress)
     }
 
-    /// Reading pauses while the application has a full inbound queue.
-    fn may_read(&self) -> bool {
-        let inner = self.shared.lock();
-        inner.inbound_bytes < self.shared.max_inbound_bytes || inner.inbound.is_empty()
+    /// Reading pauses while the application has a full inbound queue. The
+    /// heartbeat pauses with it: the peer's pongs cannot be seen while we do not
+    /// read, and the stall is the application's, not the peer's.
+    fn may_read(&mut self, now: Instant) -> bool {
+        let ok = {
+            let inner = self.shared.lock();
+            inner.inbound_bytes < self.shared.max_inbound_bytes || inner.inbound.is_empty()
+        };
+        if ok == self.read_paused {
+            self.read_paused = !ok;
+            if ok {
+                self.conn.resume_heartbeat(now);
+            } else {
+                self.conn.suspend_heartbeat();
+            }
+        }
+        ok
     }
 
     /// Reads once into the thread's scratch buffer and feeds the connection.
@@ -311,7 +334,13 @@ where
                 if let Err(e) = res {
                     self.failure = Some(Disconnect::Protocol(e));
                 }
-                self.dispatch_events();
+                // The handler runs in this task and is polled again right away;
+                // waking only matters for readers in other tasks.
+                for w in self.dispatch_events() {
+                    if !w.will_wake(cx.waker()) {
+                        w.wake();
+                    }
+                }
                 Poll::Ready(Ok(true))
             }
             Poll::Ready(Ok(None)) => Poll::Ready(Ok(false)),
@@ -320,9 +349,11 @@ where
         }
     }
 
-    /// Hands decoded events to the application.
-    fn dispatch_events(&mut self) {
-        let mut wake = None;
+    /// Hands decoded events to the application; returns the wakers of readers
+    /// that now have a message.
+    #[must_use]
+    fn dispatch_events(&mut self) -> Vec<std::task::Waker> {
+        let mut wake = Vec::new();
         let mut inner = None;
         while let Some(ev) = self.conn.poll_event() {
             match ev {
@@ -334,8 +365,8 @@ where
                     }
                     inner.inbound_bytes += m.len();
                     inner.inbound.push_back(m);
-                    if wake.is_none() {
-                        wake = inner.reader.take();
+                    if wake.is_empty() {
+                        wake = std::mem::take(&mut inner.readers);
                     }
                 }
                 Event::Close(frame) => self.peer_close = Some(frame),
@@ -343,9 +374,7 @@ where
             }
         }
         drop(inner);
-        if let Some(w) = wake {
-            w.wake();
-        }
+        wake
     }
 
     fn closed_reason(&mut self) -> Disconnect {

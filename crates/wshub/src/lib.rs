@@ -65,3 +65,8 @@ pub use server::{Rejection, Server};
 pub use socket::{ConnectionId, Disconnect, SendError, WebSocket};
 pub use wshub_proto as proto;
 pub use wshub_proto::{CloseCode, Message, PreparedMessage};
+
+// Compile the README's Rust example as a doctest.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+struct ReadmeDoctests;

@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,9 +47,24 @@ impl Rejection {
         }
     }
 
+    /// Headers the status requires: `426` names the protocol and version to
+    /// upgrade to (RFC 9110 §15.5.22, RFC 6455 §4.4), `405` the allowed method.
+    pub fn required_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self.status {
+            426 => &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+            405 => &[("Allow", "GET")],
+            _ => &[],
+        }
+    }
+
     /// Writes this rejection as a raw HTTP/1.1 response.
     pub fn write_response(&self, out: &mut Vec<u8>) {
-        wshub_proto::handshake::write_reject_response(out, self.status, &self.reason, &[]);
+        wshub_proto::handshake::write_reject_response(
+            out,
+            self.status,
+            &self.reason,
+            self.required_headers(),
+        );
     }
 }
 
@@ -88,16 +103,17 @@ pub(crate) type Handler =
 /// use wshub::{Config, Server};
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 /// let server = Server::new(Config::default());
-/// server
-///     .serve(listener, |mut ws| async move {
-///         ws.send("something").ok();
-///         while let Some(msg) = ws.recv().await {
-///             println!("received: {msg:?}");
-///         }
-///     }, tokio::signal::ctrl_c().map(|_| ()))
-///     .await
+/// let handler = |mut ws: wshub::WebSocket| async move {
+///     ws.send("something").ok();
+///     while let Some(msg) = ws.recv().await {
+///         println!("received: {msg}");
+///     }
+/// };
+/// let shutdown = async {
+///     let _ = tokio::signal::ctrl_c().await;
+/// };
+/// server.serve(listener, handler, shutdown).await
 /// # }
-/// # use futures_like::FutureExt; mod futures_like { pub trait FutureExt: std::future::Future + Sized { fn map<T>(self, f: impl FnOnce(Self::Output) -> T) -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> where Self: 'static { Box::pin(async move { f(self.await) }) } } impl<F: std::future::Future> FutureExt for F {} }
 /// ```
 #[derive(Clone)]
 pub struct Server {
@@ -107,7 +123,9 @@ pub struct Server {
 struct ServerInner {
     config: Config,
     clients: Clients,
-    next_id: AtomicU64,
+    /// Open connections plus upgrades accepted and not yet open: reserved
+    /// atomically so concurrent upgrades cannot overshoot `max_connections`.
+    slots: AtomicUsize,
     active: AtomicUsize,
     idle: Notify,
     draining: AtomicBool,
@@ -143,10 +161,35 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// The outcome of the accept checks: what to answer in the 101 response.
+/// A reserved connection slot, released when dropped.
+pub(crate) struct Slot(Arc<ServerInner>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The outcome of the accept checks: what to answer in the 101 response, and
+/// the connection slot it holds.
 pub(crate) struct Accepted {
     pub(crate) protocol: Option<String>,
     pub(crate) deflate: Option<(DeflateParams, String)>,
+    pub(crate) slot: Slot,
+}
+
+/// Releases a connection's registry entry and wakes its waiters however the
+/// connection task ends, panics included.
+struct Registered {
+    clients: Clients,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.clients.remove(self.shared.id);
+        self.shared.mark_ended(crate::Disconnect::Terminated);
+    }
 }
 
 /// Facts of one upgrade request, gathered by whichever HTTP layer parsed it.
@@ -179,7 +222,7 @@ impl Server {
             inner: Arc::new(ServerInner {
                 config,
                 clients: Clients::default(),
-                next_id: AtomicU64::new(1),
+                slots: AtomicUsize::new(0),
                 active: AtomicUsize::new(0),
                 idle: Notify::new(),
                 draining: AtomicBool::new(false),
@@ -303,15 +346,21 @@ impl Server {
         let _ = tcp.set_nodelay(true);
         #[cfg(feature = "tls")]
         if let Some(acceptor) = self.inner.tls.clone() {
-            let deadline = self.inner.config.handshake_timeout;
-            match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => self.handle_stream(tls, peer, handler, guard).await,
+            // One deadline covers the TLS handshake and the upgrade request.
+            let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
+            match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    self.handle_stream(tls, peer, handler, guard, deadline)
+                        .await
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
             return;
         }
-        self.handle_stream(tcp, peer, handler, guard).await;
+        let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
+        self.handle_stream(tcp, peer, handler, guard, deadline)
+            .await;
     }
 
     /// Runs the upgrade handshake and then the connection on an accepted stream
@@ -323,7 +372,8 @@ impl Server {
         F: Future<Output = ()> + Send + 'static,
     {
         let guard = ActiveGuard::new(&self.inner);
-        self.handle_stream(io, peer, into_handler(handler), guard)
+        let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
+        self.handle_stream(io, peer, into_handler(handler), guard, deadline)
             .await;
     }
 
@@ -333,11 +383,12 @@ impl Server {
         peer: SocketAddr,
         handler: Handler,
         guard: ActiveGuard,
+        deadline: tokio::time::Instant,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let config = &self.inner.config;
-        let read = tokio::time::timeout(config.handshake_timeout, read_head(&mut io, config)).await;
+        let read = tokio::time::timeout_at(deadline, read_head(&mut io, config)).await;
         let (req, mut buf) = match read {
             Err(_) => {
                 tracing::debug!(%peer, "upgrade request timed out");
@@ -407,9 +458,18 @@ impl Server {
         if self.is_draining() {
             return Err(Rejection::new(503, "server is shutting down"));
         }
-        if self.inner.clients.len() >= config.max_connections {
+        let max = config.max_connections;
+        if self
+            .inner
+            .slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
             return Err(Rejection::new(503, "too many connections"));
         }
+        let slot = Slot(Arc::clone(&self.inner));
         let protocol = config.choose_protocol(&upgrade.protocols);
         if protocol.is_none() && config.require_protocol {
             let supported = config.protocols.join(", ");
@@ -437,7 +497,11 @@ impl Server {
             .deflate
             .as_ref()
             .and_then(|d| server_negotiate(&upgrade.extensions, d));
-        Ok(Accepted { protocol, deflate })
+        Ok(Accepted {
+            protocol,
+            deflate,
+            slot,
+        })
     }
 
     /// Runs an upgraded connection to its end.
@@ -453,7 +517,7 @@ impl Server {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let config = &self.inner.config;
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = crate::socket::next_id();
         let params = accepted.deflate.map(|(p, _)| p);
         let shared = Arc::new(Shared {
             id,
@@ -479,6 +543,11 @@ impl Server {
         let ws = WebSocket::new(Arc::clone(&shared));
         let client_ip = shared.info.client_ip;
         self.inner.clients.insert(Arc::clone(&shared));
+        let _registered = Registered {
+            clients: self.inner.clients.clone(),
+            shared: Arc::clone(&shared),
+        };
+        let _slot = accepted.slot;
         tracing::debug!(id, peer = %shared.info.peer_addr, %client_ip, "connection open");
         let driver = Driver::new(
             io,
@@ -492,7 +561,6 @@ impl Server {
             },
         );
         let reason = driver.run().await;
-        self.inner.clients.remove(id);
         tracing::debug!(id, %client_ip, reason = %reason, "connection closed");
     }
 }

@@ -19,8 +19,15 @@ use wshub_proto::{CloseCode, Message, PreparedMessage, ProtocolError};
 
 use crate::config::SlowConsumerPolicy;
 
-/// A connection's id, unique within the process.
+/// A connection's id, unique within the process (across servers and clients).
 pub type ConnectionId = u64;
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A fresh process-wide connection id.
+pub(crate) fn next_id() -> ConnectionId {
+    NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Why a connection ended.
 #[non_exhaustive]
@@ -53,6 +60,8 @@ pub enum Disconnect {
     Abnormal,
     /// A read or write failed.
     Io(String),
+    /// The connection handler panicked; the peer was sent close 1011.
+    HandlerPanicked,
 }
 
 impl Disconnect {
@@ -63,6 +72,7 @@ impl Disconnect {
             Disconnect::Closed { code, .. } => *code,
             Disconnect::Protocol(e) => e.close_code(),
             Disconnect::SlowConsumer => crate::close_codes::SLOW_CONSUMER,
+            Disconnect::HandlerPanicked => CloseCode::INTERNAL_ERROR,
             _ => CloseCode::ABNORMAL,
         }
     }
@@ -87,6 +97,7 @@ impl std::fmt::Display for Disconnect {
             Disconnect::Terminated => f.write_str("terminated"),
             Disconnect::Abnormal => f.write_str("connection lost without a close frame"),
             Disconnect::Io(e) => write!(f, "i/o error: {e}"),
+            Disconnect::HandlerPanicked => f.write_str("the connection handler panicked"),
         }
     }
 }
@@ -156,7 +167,8 @@ pub(crate) struct Inner {
     pub(crate) driver: Option<Waker>,
     pub(crate) inbound: VecDeque<Message>,
     pub(crate) inbound_bytes: usize,
-    pub(crate) reader: Option<Waker>,
+    /// Tasks waiting in `recv` (usually one; clones may each wait).
+    pub(crate) readers: Vec<Waker>,
     pub(crate) ended: Option<Disconnect>,
     pub(crate) handles: usize,
     pub(crate) dropped: u64,
@@ -180,15 +192,18 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `item`, applying the queue limit and slow-consumer policy.
+    /// Queues `item`, applying the queue limit and slow-consumer policy. Pings
+    /// and close requests are tiny and never count against the limit: a close
+    /// must not be lost to a full queue.
     pub(crate) fn push(&self, item: Outbound) -> Result<(), SendError> {
         let len = item.len();
+        let control = matches!(item, Outbound::Close(..) | Outbound::Ping(_));
         let mut inner = self.lock();
         if inner.closing || inner.ended.is_some() {
             return Err(SendError::Closed);
         }
         let queued = inner.out_bytes + inner.wire_bytes;
-        if queued > 0 && queued + len > self.max_queue_bytes {
+        if !control && queued > 0 && queued + len > self.max_queue_bytes {
             match self.policy {
                 SlowConsumerPolicy::Close => {
                     inner.slow = true;
@@ -201,19 +216,23 @@ impl Shared {
                     return Err(SendError::SlowConsumer);
                 }
                 SlowConsumerPolicy::DropOldest => {
+                    // Drop whole queued messages, oldest first, until the new one
+                    // fits. Bytes already encoded for the socket cannot be taken
+                    // back, so when only those remain the newest message is still
+                    // kept: the queue then exceeds the limit by at most what the
+                    // driver has encoded.
                     while inner.out_bytes + inner.wire_bytes + len > self.max_queue_bytes {
-                        let Some(old) = inner.out.pop_front() else {
+                        let Some(pos) = inner
+                            .out
+                            .iter()
+                            .position(|o| !matches!(o, Outbound::Close(..) | Outbound::Ping(_)))
+                        else {
                             break;
                         };
-                        inner.out_bytes -= old.len();
-                        inner.dropped += 1;
-                    }
-                    if inner.out_bytes + inner.wire_bytes + len > self.max_queue_bytes
-                        && inner.out_bytes + inner.wire_bytes > 0
-                    {
-                        // Only bytes already on their way remain: drop the new one.
-                        inner.dropped += 1;
-                        return Ok(());
+                        if let Some(old) = inner.out.remove(pos) {
+                            inner.out_bytes -= old.len();
+                            inner.dropped += 1;
+                        }
                     }
                 }
             }
@@ -229,6 +248,24 @@ impl Shared {
             w.wake();
         }
         Ok(())
+    }
+
+    /// Records the end of the connection (once) and wakes everyone waiting.
+    pub(crate) fn mark_ended(&self, reason: Disconnect) {
+        let readers = {
+            let mut inner = self.lock();
+            if inner.ended.is_none() {
+                inner.ended = Some(reason);
+            }
+            inner.closing = true;
+            inner.out.clear();
+            inner.out_bytes = 0;
+            std::mem::take(&mut inner.readers)
+        };
+        for w in readers {
+            w.wake();
+        }
+        self.ended.notify_waiters();
     }
 
     fn wake_driver(&self) {
@@ -401,9 +438,8 @@ impl WebSocket {
         if inner.ended.is_some() {
             return Poll::Ready(None);
         }
-        match &inner.reader {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => inner.reader = Some(cx.waker().clone()),
+        if !inner.readers.iter().any(|w| w.will_wake(cx.waker())) {
+            inner.readers.push(cx.waker().clone());
         }
         Poll::Pending
     }

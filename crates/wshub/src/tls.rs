@@ -138,6 +138,17 @@ pub enum TlsError {
         /// Where the key came from.
         key: PemSource,
     },
+    /// rustls rejected a client configuration.
+    #[error("TLS client configuration rejected: {0}")]
+    Config(rustls::Error),
+    /// A CA certificate could not be added to the client's trust store.
+    #[error("invalid CA certificate in {origin}: {error}")]
+    InvalidCa {
+        /// Where the CA certificates came from.
+        origin: PemSource,
+        /// The rustls error.
+        error: rustls::Error,
+    },
     /// rustls rejected the certificate or key (for example an unsupported key
     /// type or a certificate it cannot parse).
     #[error("TLS configuration rejected (certificate {cert}, private key {key}): {error}")]
@@ -259,6 +270,111 @@ fn build(
         .map_err(rustls_error)?;
     config.alpn_protocols = vec![ALPN_HTTP_1_1.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A client configuration (for `wss://` with [`crate::client`]) that trusts the
+/// CA certificates in the PEM file at `ca_path` — and nothing else: wshub does
+/// not bundle public roots, because its clients (the CLI, the load generator,
+/// tests) talk to servers whose certificate the operator has at hand.
+pub fn client_config_with_ca(ca_path: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let pem = read_file(PemKind::Certificate, ca_path)?;
+    client_config_from_ca_pem(&pem, PemSource::File(ca_path.to_owned()))
+}
+
+/// [`client_config_with_ca`] from PEM bytes in memory.
+pub fn client_config_from_ca_pem(
+    ca_pem: &[u8],
+    origin: PemSource,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut &ca_pem[..])
+        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+        .map_err(|error| TlsError::MalformedPem {
+            kind: PemKind::Certificate,
+            origin: origin.clone(),
+            error,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate { origin });
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs {
+        roots.add(cert).map_err(|error| TlsError::InvalidCa {
+            origin: origin.clone(),
+            error,
+        })?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TlsError::InvalidCa { origin, error })?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A client configuration that accepts ANY server certificate (signatures are
+/// still checked, identities are not). Only for testing against self-signed
+/// servers, e.g. `wshub connect --insecure`; it offers no protection against an
+/// active attacker.
+pub fn insecure_client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(AcceptAnyCert(Arc::clone(&provider)));
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Certificate verifier for [`insecure_client_config`].
+#[derive(Debug)]
+struct AcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 #[cfg(test)]

@@ -39,9 +39,8 @@ impl Rejection {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if status == StatusCode::UPGRADE_REQUIRED {
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert("sec-websocket-version", HeaderValue::from_static("13"));
+        for (name, value) in self.required_headers() {
+            h.insert(*name, HeaderValue::from_static(value));
         }
         res
     }
