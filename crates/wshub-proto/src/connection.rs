@@ -489,14 +489,15 @@ impl Connection {
                 None => self.inflater.insert(new_inflater(&self.config)?),
             };
             let before = m.buf.len();
-            inflater
-                .decompress(chunk, false, &mut m.buf, max)
-                .map_err(|e| inflate_error(e, max))?;
+            let inflated = inflater.decompress(chunk, false, &mut m.buf, max);
+            // Check the text produced before any inflate error: the bytes came
+            // first, and the verdict must not depend on how reads split the input.
             if m.text {
                 m.utf8
                     .feed(&m.buf[before..])
                     .map_err(|_| ProtocolError::InvalidUtf8)?;
             }
+            inflated.map_err(|e| inflate_error(e, max))?;
         } else {
             if m.text {
                 m.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -526,14 +527,13 @@ impl Connection {
                 None => self.inflater.insert(new_inflater(&self.config)?),
             };
             let before = m.buf.len();
-            inflater
-                .decompress(&[], true, &mut m.buf, max)
-                .map_err(|e| inflate_error(e, max))?;
+            let inflated = inflater.decompress(&[], true, &mut m.buf, max);
             if m.text {
                 m.utf8
                     .feed(&m.buf[before..])
                     .map_err(|_| ProtocolError::InvalidUtf8)?;
             }
+            inflated.map_err(|e| inflate_error(e, max))?;
             if self.peer_no_context_takeover() {
                 if let Some(i) = self.inflater.take() {
                     crate::pool::give_inflater(i);

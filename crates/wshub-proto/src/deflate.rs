@@ -1062,6 +1062,17 @@ impl Inflater {
                 (Ok(status), Some(c), Some(p)) if c <= rest.len() && p <= this_step => {
                     (status, c, p)
                 }
+                (Err(_), _, Some(p)) if p <= this_step => {
+                    // Output produced before the corruption was found counts
+                    // first, so the outcome does not depend on how the input was
+                    // split into fragments or reads.
+                    out.truncate(len + p);
+                    if out.len() > max_total {
+                        out.truncate(max_total);
+                        return Err(DeflateError::TooLarge);
+                    }
+                    return Err(DeflateError::Corrupt);
+                }
                 _ => {
                     out.truncate(len);
                     return Err(DeflateError::Corrupt);
