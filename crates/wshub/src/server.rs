@@ -439,12 +439,13 @@ impl Server {
             accepted.deflate.as_ref().map(|(_, h)| h.as_str()),
             &[],
         );
+        let registration = self.register(facts, accepted);
         if io.write_all(&response).await.is_err() || io.flush().await.is_err() {
             return;
         }
         let leftover = buf.split_off(req.len);
         drop(buf);
-        self.run_connection(io, facts, accepted, leftover, handler, guard)
+        self.run_connection(io, registration, leftover, handler, guard)
             .await;
     }
 
@@ -504,23 +505,14 @@ impl Server {
         })
     }
 
-    /// Runs an upgraded connection to its end.
-    pub(crate) async fn run_connection<S>(
-        &self,
-        io: S,
-        facts: RequestFacts,
-        accepted: Accepted,
-        leftover: Vec<u8>,
-        handler: Handler,
-        _guard: ActiveGuard,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    /// Registers an accepted connection, before its 101 response is written: a
+    /// broadcast that races with the handshake is queued and follows the 101 on
+    /// the wire instead of missing the new client.
+    pub(crate) fn register(&self, facts: RequestFacts, accepted: Accepted) -> Registration {
         let config = &self.inner.config;
-        let id = crate::socket::next_id();
         let params = accepted.deflate.map(|(p, _)| p);
         let shared = Arc::new(Shared {
-            id,
+            id: crate::socket::next_id(),
             info: Info {
                 peer_addr: facts.peer,
                 client_ip: facts.client_ip,
@@ -536,18 +528,38 @@ impl Server {
             inner: Mutex::default(),
             ended: Notify::new(),
         });
+        self.inner.clients.insert(Arc::clone(&shared));
+        Registration {
+            registered: Registered {
+                clients: self.inner.clients.clone(),
+                shared,
+            },
+            params,
+            _slot: accepted.slot,
+        }
+    }
+
+    /// Runs a registered, upgraded connection to its end.
+    pub(crate) async fn run_connection<S>(
+        &self,
+        io: S,
+        registration: Registration,
+        leftover: Vec<u8>,
+        handler: Handler,
+        _guard: ActiveGuard,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let config = &self.inner.config;
+        let shared = Arc::clone(&registration.registered.shared);
         let conn = Connection::new(
-            config.conn_config(Role::Server).with_deflate(params),
+            config
+                .conn_config(Role::Server)
+                .with_deflate(registration.params),
             tokio::time::Instant::now().into_std(),
         );
         let ws = WebSocket::new(Arc::clone(&shared));
-        let client_ip = shared.info.client_ip;
-        self.inner.clients.insert(Arc::clone(&shared));
-        let _registered = Registered {
-            clients: self.inner.clients.clone(),
-            shared: Arc::clone(&shared),
-        };
-        let _slot = accepted.slot;
+        let (id, client_ip) = (shared.id, shared.info.client_ip);
         tracing::debug!(id, peer = %shared.info.peer_addr, %client_ip, "connection open");
         let driver = Driver::new(
             io,
@@ -562,7 +574,15 @@ impl Server {
         );
         let reason = driver.run().await;
         tracing::debug!(id, %client_ip, reason = %reason, "connection closed");
+        drop(registration);
     }
+}
+
+/// A connection in the registry, holding its slot; dropping it deregisters.
+pub(crate) struct Registration {
+    registered: Registered,
+    params: Option<DeflateParams>,
+    _slot: Slot,
 }
 
 pub(crate) fn into_handler<H, F>(handler: H) -> Handler

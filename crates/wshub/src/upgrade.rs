@@ -119,14 +119,14 @@ fn accept(
     let Pending {
         facts, on_upgrade, ..
     } = pending;
+    let registration = server.register(facts, accepted);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 server
                     .run_connection(
                         TokioIo::new(upgraded),
-                        facts,
-                        accepted,
+                        registration,
                         Vec::new(),
                         handler,
                         guard,
