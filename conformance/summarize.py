@@ -163,7 +163,7 @@ def main() -> int:
             f"\nFAIL: {len(errors)} case(s) ended in ERROR (no verdict: the runner crashed "
             "on the case or the server went away): " + ", ".join(errors)
             + "\n  see each case's `result` in the report; a kosoku bug belongs in "
-            "conformance/exclude.txt with its reason"
+            "conformance/kosoku_fix.py or, if it cannot be fixed, conformance/exclude.txt with its reason"
         )
 
     if args.strict:

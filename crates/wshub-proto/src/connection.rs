@@ -57,8 +57,15 @@ pub struct Config {
     /// protocol error, for the peer to go away). Default: 5 s.
     pub close_timeout: Duration,
     /// Most pongs queued but not yet written. A peer pinging faster than it reads
-    /// is failed with close 1008. Default: 16.
+    /// is failed with close 1008. Default: 16 (not 1: a peer may send several
+    /// pings in one segment and expects a pong for each, as Autobahn 2.10 does).
     pub max_pending_pongs: usize,
+    /// After a protocol error, hold the close frame until
+    /// [`Connection::commit_failure`] instead of queueing it at once, so the
+    /// application can still answer the messages that arrived before the bad
+    /// frame (an echo server answers them before failing, as RFC 6455 peers such
+    /// as Autobahn expect). Reading stops at the error either way. Default: false.
+    pub defer_error_close: bool,
 }
 
 impl Config {
@@ -74,6 +81,7 @@ impl Config {
             pong_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
             max_pending_pongs: 16,
+            defer_error_close: false,
         }
     }
 
@@ -96,6 +104,13 @@ impl Config {
     pub fn with_heartbeat(mut self, interval: Option<Duration>, pong_timeout: Duration) -> Self {
         self.ping_interval = interval;
         self.pong_timeout = pong_timeout;
+        self
+    }
+
+    /// Sets [`Config::defer_error_close`].
+    #[must_use]
+    pub fn with_deferred_error_close(mut self, on: bool) -> Self {
+        self.defer_error_close = on;
         self
     }
 
@@ -271,6 +286,7 @@ pub struct Connection {
     pong_deadline: Option<Instant>,
     close_deadline: Option<Instant>,
     rng: Option<fastrand::Rng>,
+    deferred_failure: Option<ProtocolError>,
 }
 
 impl Connection {
@@ -302,6 +318,7 @@ impl Connection {
             pong_deadline: None,
             close_deadline: None,
             rng,
+            deferred_failure: None,
         }
     }
 
@@ -591,11 +608,17 @@ impl Connection {
         Ok(())
     }
 
-    /// Fails the connection: queue a close frame for `err` and stop reading.
+    /// Fails the connection: stop reading and queue a close frame for `err`
+    /// (or, with [`Config::defer_error_close`], remember it for
+    /// [`commit_failure`](Self::commit_failure)).
     fn fail(&mut self, now: Instant, err: &ProtocolError) {
         self.rx_done = true;
         self.msg = None;
         self.frame = None;
+        if self.config.defer_error_close && !self.close_sent {
+            self.deferred_failure = Some(err.clone());
+            return;
+        }
         if !self.close_sent {
             self.close_sent = true;
             let mut body = [0u8; MAX_CONTROL_PAYLOAD];
@@ -622,6 +645,22 @@ impl Connection {
             Role::Server => p.client_no_context_takeover,
             Role::Client => p.server_no_context_takeover,
         })
+    }
+
+    /// The protocol error waiting for [`commit_failure`](Self::commit_failure)
+    /// (only with [`Config::defer_error_close`]).
+    pub fn deferred_failure(&self) -> Option<&ProtocolError> {
+        self.deferred_failure.as_ref()
+    }
+
+    /// Queues the close frame of a deferred protocol error and enters
+    /// [`State::Closed`]. Messages sent between the error and this call go out
+    /// before the close frame. A no-op without a deferred error.
+    pub fn commit_failure(&mut self, now: Instant) {
+        if let Some(err) = self.deferred_failure.take() {
+            self.config.defer_error_close = false;
+            self.fail(now, &err);
+        }
     }
 
     /// Returns the next event, if any.

@@ -249,6 +249,40 @@ fn text_fails_fast_mid_frame() {
 }
 
 #[test]
+fn deferred_error_close_lets_earlier_messages_be_answered() {
+    // Autobahn 3.2: a valid message and a bad frame in one segment; the echo of
+    // the valid message must precede the close frame.
+    let t0 = Instant::now();
+    let cfg = Config::new(Role::Server).with_deferred_error_close(true);
+    let mut c = Connection::new(cfg, t0);
+    let mut stream = cframe(1, true, b"hello");
+    stream.extend(raw_frame(0x81 | 0x20, b"x"));
+    stream.extend(cframe(1, true, b"ignored"));
+    assert_eq!(
+        c.handle_input(t0, &mut stream),
+        Err(ProtocolError::ReservedBits)
+    );
+    assert_eq!(c.state(), State::Open);
+    assert_eq!(c.deferred_failure(), Some(&ProtocolError::ReservedBits));
+    assert_eq!(events(&mut c), vec![Event::Message(Message::from("hello"))]);
+    c.send(Message::from("hello")).unwrap();
+    c.commit_failure(t0);
+    assert_eq!(c.state(), State::Closed);
+    assert_eq!(c.deferred_failure(), None);
+    assert_eq!(c.send(Message::from("late")), Err(Error::Closed));
+    let ev = decode_as_client(&output(&mut c));
+    assert_eq!(ev[0], Event::Message(Message::from("hello")));
+    assert!(matches!(&ev[1], Event::Close(Some(f)) if f.code.0 == 1002));
+    assert_eq!(ev.len(), 2);
+    // Without deferral the close frame is queued at once.
+    let mut c = server();
+    let mut stream = cframe(1, true, b"hello");
+    stream.extend(raw_frame(0x81 | 0x20, b"x"));
+    let _ = c.handle_input(t0, &mut stream);
+    assert_eq!(c.state(), State::Closed);
+}
+
+#[test]
 fn limits_map_to_close_codes() {
     let limits = Limits::default()
         .with_max_frame_size(100)

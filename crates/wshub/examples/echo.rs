@@ -1,6 +1,6 @@
 //! Echo every message back as the same type, with permessage-deflate on. This is
 //! the conformance target (Autobahn via kosoku), so it accepts messages up to
-//! 64 MiB.
+//! 64 MiB in up to a million fragments.
 //!
 //! ```text
 //! cargo run --release --example echo -- 127.0.0.1:9001
@@ -18,8 +18,15 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
 
+    // The library's defaults are for untrusted clients (16 MiB, 1024 fragments a
+    // message). As the conformance target this example takes what Autobahn
+    // sends: 9.x has 16 MiB messages and up to 65,536 fragments.
+    let limits = wshub::proto::Limits::default()
+        .with_max_message_size(64 << 20)
+        .with_max_frame_size(64 << 20)
+        .with_max_fragments(1 << 20);
     let config = Config::builder()
-        .max_message_size(64 << 20)
+        .limits(limits)
         .max_queue_bytes(128 << 20)
         .deflate(true)
         .build();

@@ -167,6 +167,13 @@ where
             if let Some(reason) = self.pull(cx, now) {
                 return Poll::Ready(reason);
             }
+            if self.conn.deferred_failure().is_some() {
+                // A protocol error was read in the previous turn (reading comes
+                // after this point): the handler has seen the messages that came
+                // before the bad frame and its answers were pulled above, so the
+                // close frame now goes out after them.
+                self.conn.commit_failure(now);
+            }
             let mut progress = match self.poll_write(cx, now) {
                 Ok(p) => p,
                 Err(e) => return Poll::Ready(Disconnect::Io(e.to_string())),

@@ -555,7 +555,8 @@ impl Server {
         let conn = Connection::new(
             config
                 .conn_config(Role::Server)
-                .with_deflate(registration.params),
+                .with_deflate(registration.params)
+                .with_deferred_error_close(true),
             tokio::time::Instant::now().into_std(),
         );
         let ws = WebSocket::new(Arc::clone(&shared));
