@@ -218,24 +218,33 @@ fn read_file(kind: PemKind, path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
+/// The certificates of a PEM file: at least one, or an error naming `origin`.
+fn parse_certs(
+    pem: &[u8],
+    origin: &PemSource,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
+        .map_err(|error| TlsError::MalformedPem {
+            kind: PemKind::Certificate,
+            origin: origin.clone(),
+            error,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            origin: origin.clone(),
+        });
+    }
+    Ok(certs)
+}
+
 fn build(
     cert_pem: &[u8],
     cert_origin: PemSource,
     key_pem: &[u8],
     key_origin: PemSource,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
-        .map_err(|error| TlsError::MalformedPem {
-            kind: PemKind::Certificate,
-            origin: cert_origin.clone(),
-            error,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            origin: cert_origin,
-        });
-    }
+    let certs = parse_certs(cert_pem, &cert_origin)?;
     let key: PrivateKeyDer<'static> = match rustls_pemfile::private_key(&mut &key_pem[..]) {
         Ok(Some(key)) => key,
         Ok(None) => return Err(TlsError::NoPrivateKey { origin: key_origin }),
@@ -286,16 +295,7 @@ pub fn client_config_from_ca_pem(
     ca_pem: &[u8],
     origin: PemSource,
 ) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let certs = rustls_pemfile::certs(&mut &ca_pem[..])
-        .collect::<Result<Vec<CertificateDer<'static>>, _>>()
-        .map_err(|error| TlsError::MalformedPem {
-            kind: PemKind::Certificate,
-            origin: origin.clone(),
-            error,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate { origin });
-    }
+    let certs = parse_certs(ca_pem, &origin)?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in certs {
         roots.add(cert).map_err(|error| TlsError::InvalidCa {
