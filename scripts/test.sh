@@ -43,7 +43,7 @@ interop/examples.sh
 
 if [ "${SKIP_CONFORMANCE:-0}" != 1 ]; then
   step "conformance: Autobahn TestSuite (kosoku) against the echo example"
-  conformance/run.sh --strict
+  conformance/run.sh --strict --parallelism 2
 fi
 
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
