@@ -219,10 +219,7 @@ fn read_file(kind: PemKind, path: &Path) -> Result<Vec<u8>, TlsError> {
 }
 
 /// The certificates of a PEM file: at least one, or an error naming `origin`.
-fn parse_certs(
-    pem: &[u8],
-    origin: &PemSource,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+fn parse_certs(pem: &[u8], origin: &PemSource) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = rustls_pemfile::certs(&mut &pem[..])
         .collect::<Result<Vec<CertificateDer<'static>>, _>>()
         .map_err(|error| TlsError::MalformedPem {
