@@ -44,6 +44,7 @@
 //! - [`tls`]: rustls from PEM files (feature `tls`).
 //! - [`client`]: a client on the same driver.
 //! - [`close_codes`]: wshub's application close codes.
+//! - [`hub`]: the hub's building blocks (auth so far).
 
 pub mod client;
 pub mod client_ip;
@@ -51,6 +52,7 @@ pub mod close_codes;
 pub mod config;
 mod driver;
 pub mod error;
+pub mod hub;
 pub mod registry;
 pub mod server;
 pub mod socket;

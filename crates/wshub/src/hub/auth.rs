@@ -135,7 +135,10 @@ impl fmt::Debug for AuthConfig {
     // The secret never reaches logs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
-            .field("hmac_secret", &self.hmac_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "hmac_secret",
+                &self.hmac_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("rsa_public_key_pem", &self.rsa_public_key_pem.is_some())
             .field("ec_public_key_pem", &self.ec_public_key_pem.is_some())
             .field("audience", &self.audience)
@@ -208,7 +211,9 @@ pub enum AuthError {
     /// No verification key is configured (from [`Verifier::new`] when
     /// anonymous connections are off too; from [`Verifier::verify`] when a
     /// token is presented to a key-less, anonymous-only verifier).
-    #[error("no token verification key configured (set an HMAC secret, an RSA or an EC public key)")]
+    #[error(
+        "no token verification key configured (set an HMAC secret, an RSA or an EC public key)"
+    )]
     NoKey,
     /// The auth configuration is invalid; the message names the field.
     #[error("invalid auth configuration: {0}")]
@@ -277,17 +282,34 @@ pub struct Claims {
     #[serde(default)]
     pub sub: String,
     /// Expiry, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_numeric_date")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_numeric_date"
+    )]
     pub exp: Option<u64>,
     /// Not-before, seconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_numeric_date")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_numeric_date"
+    )]
     pub nbf: Option<u64>,
     /// Issued-at, seconds since the Unix epoch (informational; not checked).
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de_numeric_date")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "de_numeric_date"
+    )]
     pub iat: Option<u64>,
     /// Audiences (`aud` may be a string or a list in the token; a single
     /// audience is written as a string).
-    #[serde(default, skip_serializing_if = "Vec::is_empty", serialize_with = "ser_aud", deserialize_with = "de_aud")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "ser_aud",
+        deserialize_with = "de_aud"
+    )]
     pub aud: Vec<String>,
     /// Issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,7 +394,9 @@ fn de_numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
     }
     match n.as_f64() {
         Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f as u64)),
-        _ => Err(D::Error::custom("time claim must be a non-negative number of seconds")),
+        _ => Err(D::Error::custom(
+            "time claim must be a non-negative number of seconds",
+        )),
     }
 }
 
@@ -430,7 +454,9 @@ impl fmt::Debug for Verifier {
 
 fn non_empty(field: &str, v: &Option<String>) -> Result<(), AuthError> {
     match v {
-        Some(s) if s.trim().is_empty() => Err(AuthError::Config(format!("{field} is set but empty"))),
+        Some(s) if s.trim().is_empty() => {
+            Err(AuthError::Config(format!("{field} is set but empty")))
+        }
         _ => Ok(()),
     }
 }
@@ -458,13 +484,17 @@ impl Verifier {
         let rsa = match &config.rsa_public_key_pem {
             None => None,
             Some(pem) => Some(DecodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| {
-                AuthError::Config(format!("rsa_public_key_pem is not a valid RSA public key PEM ({e})"))
+                AuthError::Config(format!(
+                    "rsa_public_key_pem is not a valid RSA public key PEM ({e})"
+                ))
             })?),
         };
         let ec = match &config.ec_public_key_pem {
             None => None,
             Some(pem) => Some(DecodingKey::from_ec_pem(pem.as_bytes()).map_err(|e| {
-                AuthError::Config(format!("ec_public_key_pem is not a valid EC public key PEM ({e})"))
+                AuthError::Config(format!(
+                    "ec_public_key_pem is not a valid EC public key PEM ({e})"
+                ))
             })?),
         };
         if hmac.is_none() && rsa.is_none() && ec.is_none() && !config.allow_anonymous {
@@ -543,7 +573,9 @@ impl Verifier {
             if self.hmac.is_none() && self.rsa.is_none() && self.ec.is_none() {
                 return Err(AuthError::NoKey);
             }
-            return Err(AuthError::AlgorithmNotAllowed(alg.chars().take(32).collect()));
+            return Err(AuthError::AlgorithmNotAllowed(
+                alg.chars().take(32).collect(),
+            ));
         };
 
         // jsonwebtoken checks the signature (for exactly this algorithm and
@@ -575,7 +607,10 @@ impl Verifier {
                 return Err(AuthError::BadAudience);
             }
         }
-        let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         if let Some(nbf) = c.nbf {
             if now.saturating_add(self.leeway_secs) < nbf {
                 return Err(AuthError::NotYetValid);
@@ -598,14 +633,16 @@ fn parse_header(token: &str) -> Result<String, AuthError> {
         crit: Option<serde_json::Value>,
     }
     let mut parts = token.split('.');
-    let (Some(header), Some(_payload), Some(_sig), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(_payload), Some(_sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(malformed("expected three dot-separated segments"));
     };
     let bytes = URL_SAFE_NO_PAD
         .decode(header)
         .map_err(|_| malformed("header is not base64url"))?;
-    let raw: RawHeader = serde_json::from_slice(&bytes).map_err(|_| malformed("header is not a JSON object"))?;
+    let raw: RawHeader =
+        serde_json::from_slice(&bytes).map_err(|_| malformed("header is not a JSON object"))?;
     if raw.crit.is_some() {
         return Err(malformed("unsupported critical header (crit)"));
     }
@@ -655,9 +692,23 @@ fn check_hmac_secret(field: &str, secret: &[u8]) -> Result<(), String> {
 
 /// Builds the claims of a token to mint (for `wshub token` and tests).
 ///
-/// ```ignore
-/// let b = ClaimsBuilder::new("user-42").ttl(Duration::from_secs(600)).channel("news:*");
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use wshub::hub::auth::{AuthConfig, ClaimsBuilder, Minter, Verifier};
+///
+/// let secret = "a-test-secret-of-at-least-32-bytes!!";
+/// let minter = Minter::hs256(secret.as_bytes())?;
+/// let b = ClaimsBuilder::new("user-42")
+///     .ttl(Some(Duration::from_secs(600)))
+///     .channel("news:*");
 /// let token = minter.mint(&b, SystemTime::now())?;
+///
+/// let mut config = AuthConfig::default();
+/// config.hmac_secret = Some(secret.into());
+/// let claims = Verifier::new(&config)?.verify_now(&token)?;
+/// assert_eq!(claims.sub, "user-42");
+/// assert!(claims.can_subscribe("news:sport"));
+/// # Ok::<(), wshub::hub::auth::AuthError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimsBuilder {
@@ -731,7 +782,10 @@ impl ClaimsBuilder {
 
     /// The claims as minted at `now` (`iat = now`, `exp`/`nbf` relative to it).
     pub fn build(&self, now: SystemTime) -> Claims {
-        let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         Claims {
             sub: self.sub.clone(),
             exp: self.ttl.map(|t| now.saturating_add(t.as_secs())),
@@ -755,7 +809,9 @@ pub struct Minter {
 
 impl fmt::Debug for Minter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Minter").field("algorithm", &self.algorithm).finish_non_exhaustive()
+        f.debug_struct("Minter")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
     }
 }
 
@@ -777,8 +833,11 @@ impl Minter {
     /// ES256 with a P-256 private key PEM in PKCS#8 (`PRIVATE KEY`; convert
     /// an `EC PRIVATE KEY` with `openssl pkcs8 -topk8 -nocrypt`).
     pub fn es256_pem(private_key_pem: &[u8]) -> Result<Minter, AuthError> {
-        let key = EncodingKey::from_ec_pem(private_key_pem)
-            .map_err(|e| AuthError::Key(format!("not a valid EC private key PEM ({e})")))?;
+        let key = EncodingKey::from_ec_pem(private_key_pem).map_err(|e| {
+            AuthError::Key(format!(
+                "not a valid EC private key PEM ({e}); ES256 keys must be P-256 in PKCS#8 PEM"
+            ))
+        })?;
         Minter::probe(key, Algorithm::ES256)
     }
 
@@ -786,11 +845,9 @@ impl Minter {
     /// key fails at construction, not at the first mint.
     fn probe(key: EncodingKey, algorithm: Algorithm) -> Result<Minter, AuthError> {
         let minter = Minter { key, algorithm };
-        minter.sign(&Claims { sub: "probe".into(), ..Claims::anonymous() }).map_err(|e| match e {
-            AuthError::Key(m) if algorithm == Algorithm::ES256 => {
-                AuthError::Key(format!("{m}; ES256 keys must be P-256 in PKCS#8 PEM"))
-            }
-            other => other,
+        minter.sign(&Claims {
+            sub: "probe".into(),
+            ..Claims::anonymous()
         })?;
         Ok(minter)
     }
@@ -942,7 +999,11 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
     }
 
     fn hs_raw(claims: serde_json::Value) -> String {
-        sign_raw(Algorithm::HS256, &EncodingKey::from_secret(SECRET.as_bytes()), &claims)
+        sign_raw(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            &claims,
+        )
     }
 
     fn full_builder() -> ClaimsBuilder {
@@ -959,7 +1020,9 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
     #[test]
     fn hs256_round_trip_keeps_all_claims() {
         let v = Verifier::new(&cfg()).unwrap();
-        let token = hs().mint(&full_builder().audience("hub").issuer("app"), at(T0)).unwrap();
+        let token = hs()
+            .mint(&full_builder().audience("hub").issuer("app"), at(T0))
+            .unwrap();
         let c = v.verify(&token, at(T0 + 1)).unwrap();
         assert_eq!(c.sub, "user-42");
         assert_eq!(c.exp, Some(T0 + 600));
@@ -974,7 +1037,10 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
         assert!(!c.can_subscribe("chat:other") && !c.can_publish("news:sport"));
         assert!(c.can_publish("chat:lobby"));
         assert!(!c.is_anonymous());
-        assert_eq!(c, full_builder().audience("hub").issuer("app").build(at(T0)));
+        assert_eq!(
+            c,
+            full_builder().audience("hub").issuer("app").build(at(T0))
+        );
     }
 
     #[test]
@@ -1001,16 +1067,26 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
 
     #[test]
     fn verifier_lists_algorithms_of_configured_keys() {
-        assert_eq!(Verifier::new(&cfg()).unwrap().algorithms(), ["HS256", "RS256", "ES256"]);
-        assert_eq!(Verifier::new(&only("ec", EC_PUB)).unwrap().algorithms(), ["ES256"]);
+        assert_eq!(
+            Verifier::new(&cfg()).unwrap().algorithms(),
+            ["HS256", "RS256", "ES256"]
+        );
+        assert_eq!(
+            Verifier::new(&only("ec", EC_PUB)).unwrap().algorithms(),
+            ["ES256"]
+        );
     }
 
     #[test]
     fn verify_now_uses_the_clock() {
         let v = Verifier::new(&cfg()).unwrap();
-        let token = hs().mint(&ClaimsBuilder::new("u"), SystemTime::now()).unwrap();
+        let token = hs()
+            .mint(&ClaimsBuilder::new("u"), SystemTime::now())
+            .unwrap();
         assert!(v.verify_now(&token).is_ok());
-        let old = hs().mint(&ClaimsBuilder::new("u").ttl(Duration::from_secs(1)), at(T0)).unwrap();
+        let old = hs()
+            .mint(&ClaimsBuilder::new("u").ttl(Duration::from_secs(1)), at(T0))
+            .unwrap();
         assert_eq!(v.verify_now(&old), Err(AuthError::Expired));
     }
 
@@ -1020,17 +1096,34 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
     fn exp_with_default_leeway() {
         let v = Verifier::new(&cfg()).unwrap();
         assert_eq!(v.leeway(), Duration::from_secs(30));
-        let token = hs().mint(&ClaimsBuilder::new("u").ttl(Duration::from_secs(60)), at(T0)).unwrap();
+        let token = hs()
+            .mint(
+                &ClaimsBuilder::new("u").ttl(Duration::from_secs(60)),
+                at(T0),
+            )
+            .unwrap();
         assert!(v.verify(&token, at(T0 + 60)).is_ok(), "within leeway");
-        assert!(v.verify(&token, at(T0 + 89)).is_ok(), "last second of leeway");
+        assert!(
+            v.verify(&token, at(T0 + 89)).is_ok(),
+            "last second of leeway"
+        );
         assert_eq!(v.verify(&token, at(T0 + 90)), Err(AuthError::Expired));
         assert_eq!(v.verify(&token, at(T0 + 10_000)), Err(AuthError::Expired));
     }
 
     #[test]
     fn exp_without_leeway_is_exclusive() {
-        let v = Verifier::new(&AuthConfig { leeway: Duration::ZERO, ..cfg() }).unwrap();
-        let token = hs().mint(&ClaimsBuilder::new("u").ttl(Duration::from_secs(60)), at(T0)).unwrap();
+        let v = Verifier::new(&AuthConfig {
+            leeway: Duration::ZERO,
+            ..cfg()
+        })
+        .unwrap();
+        let token = hs()
+            .mint(
+                &ClaimsBuilder::new("u").ttl(Duration::from_secs(60)),
+                at(T0),
+            )
+            .unwrap();
         assert!(v.verify(&token, at(T0 + 59)).is_ok());
         assert_eq!(v.verify(&token, at(T0 + 60)), Err(AuthError::Expired));
     }
@@ -1039,7 +1132,10 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
     fn nbf_with_leeway() {
         let v = Verifier::new(&cfg()).unwrap();
         let token = hs()
-            .mint(&ClaimsBuilder::new("u").not_before(Duration::from_secs(100)), at(T0))
+            .mint(
+                &ClaimsBuilder::new("u").not_before(Duration::from_secs(100)),
+                at(T0),
+            )
             .unwrap();
         assert_eq!(v.verify(&token, at(T0)), Err(AuthError::NotYetValid));
         assert_eq!(v.verify(&token, at(T0 + 69)), Err(AuthError::NotYetValid));
@@ -1049,37 +1145,68 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
 
     #[test]
     fn missing_exp_refused_unless_configured() {
-        let token = hs().mint(&ClaimsBuilder::new("u").ttl(None), at(T0)).unwrap();
+        let token = hs()
+            .mint(&ClaimsBuilder::new("u").ttl(None), at(T0))
+            .unwrap();
         let strict = Verifier::new(&cfg()).unwrap();
         assert_eq!(strict.verify(&token, at(T0)), Err(AuthError::MissingExpiry));
-        let lax = Verifier::new(&AuthConfig { require_exp: false, ..cfg() }).unwrap();
+        let lax = Verifier::new(&AuthConfig {
+            require_exp: false,
+            ..cfg()
+        })
+        .unwrap();
         let c = lax.verify(&token, at(u64::MAX / 2)).unwrap();
         assert_eq!(c.time_to_expiry(at(T0)), None);
     }
 
     #[test]
     fn time_to_expiry() {
-        let c = ClaimsBuilder::new("u").ttl(Duration::from_secs(600)).build(at(T0));
+        let c = ClaimsBuilder::new("u")
+            .ttl(Duration::from_secs(600))
+            .build(at(T0));
         assert_eq!(c.time_to_expiry(at(T0)), Some(Duration::from_secs(600)));
         let half = UNIX_EPOCH + Duration::from_millis(T0 * 1000 + 599_500);
         assert_eq!(c.time_to_expiry(half), Some(Duration::from_millis(500)));
         assert_eq!(c.time_to_expiry(at(T0 + 601)), Some(Duration::ZERO));
-        assert_eq!(c.time_to_expiry(UNIX_EPOCH - Duration::from_secs(5)), Some(Duration::from_secs(T0 + 600)));
+        assert_eq!(
+            c.time_to_expiry(UNIX_EPOCH - Duration::from_secs(5)),
+            Some(Duration::from_secs(T0 + 600))
+        );
     }
 
     #[test]
     fn fractional_and_huge_numeric_dates() {
         let v = Verifier::new(&cfg()).unwrap();
         let c = v
-            .verify(&hs_raw(json!({"sub": "u", "exp": (T0 + 10) as f64 + 0.9, "iat": T0 as f64 + 0.5})), at(T0))
+            .verify(
+                &hs_raw(json!({"sub": "u", "exp": (T0 + 10) as f64 + 0.9, "iat": T0 as f64 + 0.5})),
+                at(T0),
+            )
             .unwrap();
         assert_eq!((c.exp, c.iat), (Some(T0 + 10), Some(T0)));
         // exp at the top of the range must not overflow with leeway added.
-        let c = v.verify(&hs_raw(json!({"sub": "u", "exp": u64::MAX})), at(T0)).unwrap();
+        let c = v
+            .verify(&hs_raw(json!({"sub": "u", "exp": u64::MAX})), at(T0))
+            .unwrap();
         assert!(c.time_to_expiry(at(T0)).is_some());
-        for bad in [json!(-1), json!("1700000000"), json!(true), json!(1e300 * 10.0)] {
+        // A float beyond u64 saturates (never expires before the heat death).
+        let c = v
+            .verify(&hs_raw(json!({"sub": "u", "exp": 1e300})), at(T0))
+            .unwrap();
+        assert_eq!(c.exp, Some(u64::MAX));
+        for bad in [
+            json!(-1),
+            json!(-0.5),
+            json!("1700000000"),
+            json!(true),
+            json!([1]),
+            json!({}),
+        ] {
             let t = hs_raw(json!({"sub": "u", "exp": bad}));
-            assert!(matches!(v.verify(&t, at(T0)), Err(AuthError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(v.verify(&t, at(T0)), Err(AuthError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -1087,61 +1214,132 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
 
     #[test]
     fn audience_checked_only_when_configured() {
-        let v = Verifier::new(&AuthConfig { audience: Some("hub".into()), ..cfg() }).unwrap();
+        let v = Verifier::new(&AuthConfig {
+            audience: Some("hub".into()),
+            ..cfg()
+        })
+        .unwrap();
         let mint = |b: ClaimsBuilder| hs().mint(&b, at(T0)).unwrap();
-        assert!(v.verify(&mint(ClaimsBuilder::new("u").audience("hub")), at(T0)).is_ok());
         assert!(v
-            .verify(&mint(ClaimsBuilder::new("u").audience("other").audience("hub")), at(T0))
+            .verify(&mint(ClaimsBuilder::new("u").audience("hub")), at(T0))
             .is_ok());
-        assert_eq!(v.verify(&mint(ClaimsBuilder::new("u").audience("other")), at(T0)), Err(AuthError::BadAudience));
-        assert_eq!(v.verify(&mint(ClaimsBuilder::new("u")), at(T0)), Err(AuthError::BadAudience));
+        assert!(v
+            .verify(
+                &mint(ClaimsBuilder::new("u").audience("other").audience("hub")),
+                at(T0)
+            )
+            .is_ok());
         assert_eq!(
-            v.verify(&hs_raw(json!({"sub": "u", "exp": T0 + 9, "aud": "hubx"})), at(T0)),
+            v.verify(&mint(ClaimsBuilder::new("u").audience("other")), at(T0)),
+            Err(AuthError::BadAudience)
+        );
+        assert_eq!(
+            v.verify(&mint(ClaimsBuilder::new("u")), at(T0)),
+            Err(AuthError::BadAudience)
+        );
+        assert_eq!(
+            v.verify(
+                &hs_raw(json!({"sub": "u", "exp": T0 + 9, "aud": "hubx"})),
+                at(T0)
+            ),
             Err(AuthError::BadAudience)
         );
         let any = Verifier::new(&cfg()).unwrap();
-        assert!(any.verify(&mint(ClaimsBuilder::new("u").audience("whatever")), at(T0)).is_ok());
+        assert!(any
+            .verify(&mint(ClaimsBuilder::new("u").audience("whatever")), at(T0))
+            .is_ok());
         let bad_type = hs_raw(json!({"sub": "u", "exp": T0 + 9, "aud": 5}));
-        assert!(matches!(v.verify(&bad_type, at(T0)), Err(AuthError::Malformed(_))));
+        assert!(matches!(
+            v.verify(&bad_type, at(T0)),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     #[test]
     fn issuer_checked_only_when_configured() {
-        let v = Verifier::new(&AuthConfig { issuer: Some("app".into()), ..cfg() }).unwrap();
+        let v = Verifier::new(&AuthConfig {
+            issuer: Some("app".into()),
+            ..cfg()
+        })
+        .unwrap();
         let mint = |b: ClaimsBuilder| hs().mint(&b, at(T0)).unwrap();
-        assert!(v.verify(&mint(ClaimsBuilder::new("u").issuer("app")), at(T0)).is_ok());
-        assert_eq!(v.verify(&mint(ClaimsBuilder::new("u").issuer("App")), at(T0)), Err(AuthError::BadIssuer));
-        assert_eq!(v.verify(&mint(ClaimsBuilder::new("u")), at(T0)), Err(AuthError::BadIssuer));
+        assert!(v
+            .verify(&mint(ClaimsBuilder::new("u").issuer("app")), at(T0))
+            .is_ok());
+        assert_eq!(
+            v.verify(&mint(ClaimsBuilder::new("u").issuer("App")), at(T0)),
+            Err(AuthError::BadIssuer)
+        );
+        assert_eq!(
+            v.verify(&mint(ClaimsBuilder::new("u")), at(T0)),
+            Err(AuthError::BadIssuer)
+        );
         let any = Verifier::new(&cfg()).unwrap();
-        assert!(any.verify(&mint(ClaimsBuilder::new("u").issuer("x")), at(T0)).is_ok());
+        assert!(any
+            .verify(&mint(ClaimsBuilder::new("u").issuer("x")), at(T0))
+            .is_ok());
     }
 
     #[test]
     fn subject_required_and_non_empty() {
         let v = Verifier::new(&cfg()).unwrap();
-        for claims in [json!({"exp": T0 + 9}), json!({"sub": "", "exp": T0 + 9}), json!({"sub": null, "exp": T0 + 9})] {
+        for claims in [
+            json!({"exp": T0 + 9}),
+            json!({"sub": "", "exp": T0 + 9}),
+            json!({"sub": null, "exp": T0 + 9}),
+        ] {
             let r = v.verify(&hs_raw(claims.clone()), at(T0));
             assert!(
-                matches!(r, Err(AuthError::MissingSubject) | Err(AuthError::Malformed(_))),
+                matches!(
+                    r,
+                    Err(AuthError::MissingSubject) | Err(AuthError::Malformed(_))
+                ),
                 "{claims}: {r:?}"
             );
         }
-        assert_eq!(v.verify(&hs_raw(json!({"exp": T0 + 9})), at(T0)), Err(AuthError::MissingSubject));
-        assert_eq!(v.verify(&hs_raw(json!({"sub": 42, "exp": T0 + 9})).as_str(), at(T0)).map(|_| ()),
-            Err(malformed("claims are not a JSON object of the expected types")));
-        assert_eq!(hs().sign(&Claims::anonymous()), Err(AuthError::MissingSubject));
+        assert_eq!(
+            v.verify(&hs_raw(json!({"exp": T0 + 9})), at(T0)),
+            Err(AuthError::MissingSubject)
+        );
+        assert_eq!(
+            v.verify(hs_raw(json!({"sub": 42, "exp": T0 + 9})).as_str(), at(T0))
+                .map(|_| ()),
+            Err(malformed(
+                "claims are not a JSON object of the expected types"
+            ))
+        );
+        assert_eq!(
+            hs().sign(&Claims::anonymous()),
+            Err(AuthError::MissingSubject)
+        );
     }
 
     #[test]
     fn expired_reported_only_for_otherwise_valid_tokens() {
-        let v = Verifier::new(&AuthConfig { issuer: Some("app".into()), ..cfg() }).unwrap();
-        let t = hs().mint(&ClaimsBuilder::new("u").issuer("evil").ttl(Duration::from_secs(1)), at(T0)).unwrap();
+        let v = Verifier::new(&AuthConfig {
+            issuer: Some("app".into()),
+            ..cfg()
+        })
+        .unwrap();
+        let t = hs()
+            .mint(
+                &ClaimsBuilder::new("u")
+                    .issuer("evil")
+                    .ttl(Duration::from_secs(1)),
+                at(T0),
+            )
+            .unwrap();
         assert_eq!(v.verify(&t, at(T0 + 1000)), Err(AuthError::BadIssuer));
         let forged = {
             let other = Minter::hs256(b"another-secret-another-secret-!!").unwrap();
-            other.mint(&ClaimsBuilder::new("u").ttl(Duration::from_secs(1)), at(T0)).unwrap()
+            other
+                .mint(&ClaimsBuilder::new("u").ttl(Duration::from_secs(1)), at(T0))
+                .unwrap()
         };
-        assert_eq!(v.verify(&forged, at(T0 + 1000)), Err(AuthError::BadSignature));
+        assert_eq!(
+            v.verify(&forged, at(T0 + 1000)),
+            Err(AuthError::BadSignature)
+        );
     }
 
     // ---- alg: none and algorithm confusion --------------------------------
@@ -1149,16 +1347,25 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
     #[test]
     fn alg_none_rejected() {
         let v = Verifier::new(&cfg()).unwrap();
-        let payload = b64(json!({"sub": "admin", "exp": T0 + 600}).to_string().as_bytes());
+        let payload = b64(json!({"sub": "admin", "exp": T0 + 600})
+            .to_string()
+            .as_bytes());
         for alg in ["none", "None", "NONE", "nOnE", ""] {
             let header = b64(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
             for sig in ["", "AAAA"] {
                 let token = format!("{header}.{payload}.{sig}");
-                assert_eq!(v.verify(&token, at(T0)), Err(AuthError::AlgorithmNotAllowed(alg.into())), "{token}");
+                assert_eq!(
+                    v.verify(&token, at(T0)),
+                    Err(AuthError::AlgorithmNotAllowed(alg.into())),
+                    "{token}"
+                );
             }
             // Without the trailing dot it is not even a JWS.
             let token = format!("{header}.{payload}");
-            assert!(matches!(v.verify(&token, at(T0)), Err(AuthError::Malformed(_))));
+            assert!(matches!(
+                v.verify(&token, at(T0)),
+                Err(AuthError::Malformed(_))
+            ));
         }
     }
 
@@ -1166,82 +1373,149 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
     fn hs256_signed_with_rsa_public_key_is_rejected() {
         // The classic confusion attack: HMAC keyed with the (public) PEM text.
         let claims = json!({"sub": "admin", "exp": T0 + 600});
-        let forged = sign_raw(Algorithm::HS256, &EncodingKey::from_secret(RSA_PUB.as_bytes()), &claims);
+        let forged = sign_raw(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(RSA_PUB.as_bytes()),
+            &claims,
+        );
         let v = Verifier::new(&only("rsa", RSA_PUB)).unwrap();
-        assert_eq!(v.verify(&forged, at(T0)), Err(AuthError::AlgorithmNotAllowed("HS256".into())));
+        assert_eq!(
+            v.verify(&forged, at(T0)),
+            Err(AuthError::AlgorithmNotAllowed("HS256".into()))
+        );
         // With an HMAC secret configured too, HS256 uses that secret only.
         let v = Verifier::new(&cfg()).unwrap();
         assert_eq!(v.verify(&forged, at(T0)), Err(AuthError::BadSignature));
         // Same with the EC key.
-        let forged = sign_raw(Algorithm::HS256, &EncodingKey::from_secret(EC_PUB.as_bytes()), &claims);
+        let forged = sign_raw(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(EC_PUB.as_bytes()),
+            &claims,
+        );
         let v = Verifier::new(&only("ec", EC_PUB)).unwrap();
-        assert_eq!(v.verify(&forged, at(T0)), Err(AuthError::AlgorithmNotAllowed("HS256".into())));
-        assert_eq!(Verifier::new(&cfg()).unwrap().verify(&forged, at(T0)), Err(AuthError::BadSignature));
+        assert_eq!(
+            v.verify(&forged, at(T0)),
+            Err(AuthError::AlgorithmNotAllowed("HS256".into()))
+        );
+        assert_eq!(
+            Verifier::new(&cfg()).unwrap().verify(&forged, at(T0)),
+            Err(AuthError::BadSignature)
+        );
     }
 
     #[test]
     fn header_alg_must_match_key_and_signature() {
-        let rs = Minter::rs256_pem(RSA_PRIV.as_bytes()).unwrap().mint(&full_builder(), at(T0)).unwrap();
-        let es = Minter::es256_pem(EC_PRIV.as_bytes()).unwrap().mint(&full_builder(), at(T0)).unwrap();
+        let rs = Minter::rs256_pem(RSA_PRIV.as_bytes())
+            .unwrap()
+            .mint(&full_builder(), at(T0))
+            .unwrap();
+        let es = Minter::es256_pem(EC_PRIV.as_bytes())
+            .unwrap()
+            .mint(&full_builder(), at(T0))
+            .unwrap();
         // Key type not configured.
         assert_eq!(
-            Verifier::new(&only("ec", EC_PUB)).unwrap().verify(&rs, at(T0)),
+            Verifier::new(&only("ec", EC_PUB))
+                .unwrap()
+                .verify(&rs, at(T0)),
             Err(AuthError::AlgorithmNotAllowed("RS256".into()))
         );
         assert_eq!(
-            Verifier::new(&only("rsa", RSA_PUB)).unwrap().verify(&es, at(T0)),
+            Verifier::new(&only("rsa", RSA_PUB))
+                .unwrap()
+                .verify(&es, at(T0)),
             Err(AuthError::AlgorithmNotAllowed("ES256".into()))
         );
         // Header rewritten to another configured algorithm: signature fails.
         let v = Verifier::new(&cfg()).unwrap();
-        for (token, new_alg) in [(&rs, "ES256"), (&rs, "HS256"), (&es, "RS256"), (&es, "HS256")] {
+        for (token, new_alg) in [
+            (&rs, "ES256"),
+            (&rs, "HS256"),
+            (&es, "RS256"),
+            (&es, "HS256"),
+        ] {
             let rest = token.split_once('.').unwrap().1;
             let header = b64(format!(r#"{{"alg":"{new_alg}","typ":"JWT"}}"#).as_bytes());
             let swapped = format!("{header}.{rest}");
             assert!(
-                matches!(v.verify(&swapped, at(T0)), Err(AuthError::BadSignature) | Err(AuthError::Malformed(_))),
+                matches!(
+                    v.verify(&swapped, at(T0)),
+                    Err(AuthError::BadSignature) | Err(AuthError::Malformed(_))
+                ),
                 "{new_alg}"
             );
         }
         // Algorithms outside the three are never accepted, even for a right key family.
         for alg in [Algorithm::HS384, Algorithm::HS512] {
-            let t = sign_raw(alg, &EncodingKey::from_secret(SECRET.as_bytes()), &json!({"sub": "u", "exp": T0 + 9}));
-            assert!(matches!(v.verify(&t, at(T0)), Err(AuthError::AlgorithmNotAllowed(_))));
+            let t = sign_raw(
+                alg,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+                &json!({"sub": "u", "exp": T0 + 9}),
+            );
+            assert!(matches!(
+                v.verify(&t, at(T0)),
+                Err(AuthError::AlgorithmNotAllowed(_))
+            ));
         }
         let ps = sign_raw(
             Algorithm::PS256,
             &EncodingKey::from_rsa_pem(RSA_PRIV.as_bytes()).unwrap(),
             &json!({"sub": "u", "exp": T0 + 9}),
         );
-        assert_eq!(v.verify(&ps, at(T0)), Err(AuthError::AlgorithmNotAllowed("PS256".into())));
+        assert_eq!(
+            v.verify(&ps, at(T0)),
+            Err(AuthError::AlgorithmNotAllowed("PS256".into()))
+        );
     }
 
     #[test]
     fn wrong_key_and_tampering_rejected() {
         let v = Verifier::new(&cfg()).unwrap();
-        let other_ec = Minter::es256_pem(EC2_PRIV.as_bytes()).unwrap().mint(&full_builder(), at(T0)).unwrap();
+        let other_ec = Minter::es256_pem(EC2_PRIV.as_bytes())
+            .unwrap()
+            .mint(&full_builder(), at(T0))
+            .unwrap();
         assert_eq!(v.verify(&other_ec, at(T0)), Err(AuthError::BadSignature));
         let v2 = Verifier::new(&only("ec", EC2_PUB)).unwrap();
         assert!(v2.verify(&other_ec, at(T0)).is_ok());
 
         let tokens = [
             hs().mint(&full_builder(), at(T0)).unwrap(),
-            Minter::rs256_pem(RSA_PRIV.as_bytes()).unwrap().mint(&full_builder(), at(T0)).unwrap(),
-            Minter::es256_pem(EC_PRIV.as_bytes()).unwrap().mint(&full_builder(), at(T0)).unwrap(),
+            Minter::rs256_pem(RSA_PRIV.as_bytes())
+                .unwrap()
+                .mint(&full_builder(), at(T0))
+                .unwrap(),
+            Minter::es256_pem(EC_PRIV.as_bytes())
+                .unwrap()
+                .mint(&full_builder(), at(T0))
+                .unwrap(),
         ];
         for token in &tokens {
             assert!(v.verify(token, at(T0)).is_ok());
             let parts: Vec<&str> = token.split('.').collect();
             // Payload replaced: sub escalated, channels widened.
-            let evil = b64(json!({"sub": "admin", "exp": T0 + 600, "channels": ["*"]}).to_string().as_bytes());
+            let evil = b64(json!({"sub": "admin", "exp": T0 + 600, "channels": ["*"]})
+                .to_string()
+                .as_bytes());
             let t = format!("{}.{}.{}", parts[0], evil, parts[2]);
             assert_eq!(v.verify(&t, at(T0)), Err(AuthError::BadSignature));
             // Signature from a different token, or stripped.
             let other = hs().mint(&ClaimsBuilder::new("x"), at(T0)).unwrap();
-            let t = format!("{}.{}.{}", parts[0], parts[1], other.rsplit('.').next().unwrap());
-            assert!(matches!(v.verify(&t, at(T0)), Err(AuthError::BadSignature) | Err(AuthError::Malformed(_))));
+            let t = format!(
+                "{}.{}.{}",
+                parts[0],
+                parts[1],
+                other.rsplit('.').next().unwrap()
+            );
+            assert!(matches!(
+                v.verify(&t, at(T0)),
+                Err(AuthError::BadSignature) | Err(AuthError::Malformed(_))
+            ));
             let t = format!("{}.{}.", parts[0], parts[1]);
-            assert!(matches!(v.verify(&t, at(T0)), Err(AuthError::BadSignature) | Err(AuthError::Malformed(_))));
+            assert!(matches!(
+                v.verify(&t, at(T0)),
+                Err(AuthError::BadSignature) | Err(AuthError::Malformed(_))
+            ));
             // Every single-character change anywhere is rejected.
             for i in 0..token.len() {
                 let mut bytes = token.clone().into_bytes();
@@ -1259,13 +1533,27 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
         let v = Verifier::new(&cfg()).unwrap();
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("k1".into());
-        let ok = jsonwebtoken::encode(&h, &json!({"sub": "u", "exp": T0 + 9}), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+        let ok = jsonwebtoken::encode(
+            &h,
+            &json!({"sub": "u", "exp": T0 + 9}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
         assert!(v.verify(&ok, at(T0)).is_ok(), "kid is ignored");
         let header = b64(br#"{"alg":"HS256","crit":["exp"],"exp":1}"#);
         let t = format!("{header}.{}", ok.split_once('.').unwrap().1);
-        assert_eq!(v.verify(&t, at(T0)), Err(malformed("unsupported critical header (crit)")));
-        assert!(matches!(v.verify(&format!("{ok}.x"), at(T0)), Err(AuthError::Malformed(_))));
-        assert!(matches!(v.verify(&format!("x.{ok}"), at(T0)), Err(AuthError::Malformed(_))));
+        assert_eq!(
+            v.verify(&t, at(T0)),
+            Err(malformed("unsupported critical header (crit)"))
+        );
+        assert!(matches!(
+            v.verify(&format!("{ok}.x"), at(T0)),
+            Err(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            v.verify(&format!("x.{ok}"), at(T0)),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     // ---- garbage --------------------------------------------------------------
@@ -1275,8 +1563,20 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
         let v = Verifier::new(&cfg()).unwrap();
         let valid = hs().mint(&full_builder(), at(T0)).unwrap();
         let mut inputs: Vec<String> = [
-            "", ".", "..", "...", "a.b.c", "a.b", "....", "===.===.===", "\0", "é.é.é", "eyJ.eyJ.eyJ",
-            "eyJhbGciOiJIUzI1NiJ9", "eyJhbGciOiJIUzI1NiJ9..", "eyJhbGciOiJIUzI1NiJ9.e30.",
+            "",
+            ".",
+            "..",
+            "...",
+            "a.b.c",
+            "a.b",
+            "....",
+            "===.===.===",
+            "\0",
+            "é.é.é",
+            "eyJ.eyJ.eyJ",
+            "eyJhbGciOiJIUzI1NiJ9",
+            "eyJhbGciOiJIUzI1NiJ9..",
+            "eyJhbGciOiJIUzI1NiJ9.e30.",
             "bnVsbA.bnVsbA.bnVsbA", // "null" everywhere
             "W10.W10.W10",          // "[]"
             "eyJhbGciOjF9.e30.",    // {"alg":1}
@@ -1286,8 +1586,13 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
         .map(|s| s.to_string())
         .collect();
         inputs.push("a".repeat(MAX_TOKEN_LEN + 1));
-        inputs.push(format!("{}.{}.{}", "A".repeat(5000), "B".repeat(5000), "C".repeat(5000)));
-        for i in 0..=valid.len() {
+        inputs.push(format!(
+            "{}.{}.{}",
+            "A".repeat(5000),
+            "B".repeat(5000),
+            "C".repeat(5000)
+        ));
+        for i in 0..valid.len() {
             inputs.push(valid[..i].to_string());
         }
         // Deterministic pseudo-random junk from a JWT-ish alphabet.
@@ -1305,8 +1610,20 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
         }
         // Valid header and signature with junk payloads.
         let header = valid.split('.').next().unwrap();
-        for junk in ["", "e30", "W10", "bnVsbA", "eyJzdWIiOg", "////", "e30=", "AAAAAAAA"] {
-            inputs.push(format!("{header}.{junk}.{}", valid.rsplit('.').next().unwrap()));
+        for junk in [
+            "",
+            "e30",
+            "W10",
+            "bnVsbA",
+            "eyJzdWIiOg",
+            "////",
+            "e30=",
+            "AAAAAAAA",
+        ] {
+            inputs.push(format!(
+                "{header}.{junk}.{}",
+                valid.rsplit('.').next().unwrap()
+            ));
         }
         for s in &inputs {
             let r = v.verify(s, at(T0));
@@ -1323,23 +1640,45 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
         let v = Verifier::new(&cfg()).unwrap();
         assert!(!v.allows_anonymous());
         assert_eq!(v.authenticate(None, at(T0)), Err(AuthError::MissingToken));
-        assert_eq!(v.authenticate(Some(""), at(T0)), Err(AuthError::MissingToken));
+        assert_eq!(
+            v.authenticate(Some(""), at(T0)),
+            Err(AuthError::MissingToken)
+        );
         let t = hs().mint(&ClaimsBuilder::new("u"), at(T0)).unwrap();
         assert_eq!(v.authenticate(Some(&t), at(T0)).unwrap().sub, "u");
 
-        let anon_only = Verifier::new(&AuthConfig { allow_anonymous: true, ..AuthConfig::default() }).unwrap();
+        let anon_only = Verifier::new(&AuthConfig {
+            allow_anonymous: true,
+            ..AuthConfig::default()
+        })
+        .unwrap();
         let c = anon_only.authenticate(None, at(T0)).unwrap();
         assert!(c.is_anonymous() && !c.can_subscribe("news") && c.time_to_expiry(at(T0)).is_none());
-        assert_eq!(anon_only.authenticate(Some(&t), at(T0)), Err(AuthError::NoKey));
+        assert_eq!(
+            anon_only.authenticate(Some(&t), at(T0)),
+            Err(AuthError::NoKey)
+        );
         // A bad token is not silently downgraded to anonymous.
-        let both = Verifier::new(&AuthConfig { allow_anonymous: true, ..cfg() }).unwrap();
-        assert_eq!(both.authenticate(Some("junk"), at(T0)).map(|_| ()), Err(malformed("expected three dot-separated segments")));
+        let both = Verifier::new(&AuthConfig {
+            allow_anonymous: true,
+            ..cfg()
+        })
+        .unwrap();
+        assert_eq!(
+            both.authenticate(Some("junk"), at(T0)).map(|_| ()),
+            Err(malformed("expected three dot-separated segments"))
+        );
     }
 
     #[test]
     fn config_validation() {
         assert_eq!(AuthConfig::default().validate(), Err(AuthError::NoKey));
-        assert!(AuthConfig { allow_anonymous: true, ..AuthConfig::default() }.validate().is_ok());
+        assert!(AuthConfig {
+            allow_anonymous: true,
+            ..AuthConfig::default()
+        }
+        .validate()
+        .is_ok());
         assert!(cfg().validate().is_ok());
 
         let err = |c: AuthConfig| match c.validate() {
@@ -1351,15 +1690,43 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
         assert!(err(only("hmac", RSA_PUB)).contains("looks like a PEM"));
         assert!(err(only("rsa", "not a pem")).starts_with("rsa_public_key_pem"));
         assert!(err(only("rsa", EC_PUB)).starts_with("rsa_public_key_pem"));
-        assert!(err(only("ec", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")).starts_with("ec_public_key_pem"));
+        assert!(err(only(
+            "ec",
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+        ))
+        .starts_with("ec_public_key_pem"));
         assert!(err(only("ec", RSA_PUB)).starts_with("ec_public_key_pem"));
         // The message names the failing key even when others are fine.
-        assert!(err(AuthConfig { ec_public_key_pem: Some("junk".into()), ..cfg() }).starts_with("ec_public_key_pem"));
-        assert!(err(AuthConfig { leeway: Duration::from_secs(301), ..cfg() }).contains("leeway"));
-        assert!(AuthConfig { leeway: MAX_LEEWAY, ..cfg() }.validate().is_ok());
-        assert!(err(AuthConfig { audience: Some(" ".into()), ..cfg() }).contains("audience"));
-        assert!(err(AuthConfig { issuer: Some(String::new()), ..cfg() }).contains("issuer"));
-        assert!(matches!(Verifier::new(&only("rsa", "x")), Err(AuthError::Config(_))));
+        assert!(err(AuthConfig {
+            ec_public_key_pem: Some("junk".into()),
+            ..cfg()
+        })
+        .starts_with("ec_public_key_pem"));
+        assert!(err(AuthConfig {
+            leeway: Duration::from_secs(301),
+            ..cfg()
+        })
+        .contains("leeway"));
+        assert!(AuthConfig {
+            leeway: MAX_LEEWAY,
+            ..cfg()
+        }
+        .validate()
+        .is_ok());
+        assert!(err(AuthConfig {
+            audience: Some(" ".into()),
+            ..cfg()
+        })
+        .contains("audience"));
+        assert!(err(AuthConfig {
+            issuer: Some(String::new()),
+            ..cfg()
+        })
+        .contains("issuer"));
+        assert!(matches!(
+            Verifier::new(&only("rsa", "x")),
+            Err(AuthError::Config(_))
+        ));
     }
 
     #[test]
@@ -1373,16 +1740,31 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
     #[test]
     fn minter_key_errors() {
         assert!(matches!(Minter::hs256(b"short"), Err(AuthError::Key(_))));
-        assert!(matches!(Minter::rs256_pem(RSA_PUB.as_bytes()), Err(AuthError::Key(_))));
-        assert!(matches!(Minter::rs256_pem(EC_PRIV.as_bytes()), Err(AuthError::Key(_))));
-        assert!(matches!(Minter::es256_pem(RSA_PRIV.as_bytes()), Err(AuthError::Key(_))));
-        assert!(matches!(Minter::es256_pem(b"garbage"), Err(AuthError::Key(_))));
+        assert!(matches!(
+            Minter::rs256_pem(RSA_PUB.as_bytes()),
+            Err(AuthError::Key(_))
+        ));
+        assert!(matches!(
+            Minter::rs256_pem(EC_PRIV.as_bytes()),
+            Err(AuthError::Key(_))
+        ));
+        assert!(matches!(
+            Minter::es256_pem(RSA_PRIV.as_bytes()),
+            Err(AuthError::Key(_))
+        ));
+        assert!(matches!(
+            Minter::es256_pem(b"garbage"),
+            Err(AuthError::Key(_))
+        ));
         match Minter::es256_pem(EC_SEC1_PRIV.as_bytes()) {
             Err(AuthError::Key(m)) => assert!(m.contains("PKCS#8"), "{m}"),
             Ok(m) => {
                 // If the library learns SEC1, the key must still work.
                 let t = m.mint(&ClaimsBuilder::new("u"), at(T0)).unwrap();
-                assert!(Verifier::new(&only("ec", EC_PUB)).unwrap().verify(&t, at(T0)).is_err());
+                assert!(Verifier::new(&only("ec", EC_PUB))
+                    .unwrap()
+                    .verify(&t, at(T0))
+                    .is_err());
             }
             Err(e) => panic!("{e:?}"),
         }
@@ -1439,8 +1821,14 @@ UhHNRvx+7m0jEmaX0TDf9bJe16v6lSReug==\n\
     #[test]
     fn claims_serialize_compactly() {
         let c = ClaimsBuilder::new("u").ttl(None).build(at(T0));
-        assert_eq!(serde_json::to_value(&c).unwrap(), json!({"sub": "u", "iat": T0}));
-        let c = ClaimsBuilder::new("u").audience("a").audience("b").build(at(T0));
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            json!({"sub": "u", "iat": T0})
+        );
+        let c = ClaimsBuilder::new("u")
+            .audience("a")
+            .audience("b")
+            .build(at(T0));
         assert_eq!(serde_json::to_value(&c).unwrap()["aud"], json!(["a", "b"]));
     }
 }
