@@ -44,7 +44,7 @@
 //! - [`tls`]: rustls from PEM files (feature `tls`).
 //! - [`client`]: a client on the same driver.
 //! - [`close_codes`]: wshub's application close codes.
-//! - [`hub`]: the hub's building blocks (auth so far).
+//! - [`hub`]: the hub's building blocks (protocol, auth, broker, memory engine).
 
 pub mod client;
 pub mod client_ip;
