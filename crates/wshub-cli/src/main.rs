@@ -1,11 +1,13 @@
 //! The `wshub` binary: the server (`wshub serve`, also what a bare `wshub` runs)
-//! and the CLI tools (`wshub bench`).
+//! and the CLI tools (`wshub connect`, `wshub token`, `wshub bench`).
 //!
 //! Errors from the libraries arrive here as typed errors and are printed with
 //! their whole chain; `main` returns an exit code instead of panicking.
 
 mod bench;
+mod connect;
 mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -23,6 +25,10 @@ struct Cli {
 enum Command {
     /// Run the server (the default command).
     Serve(serve::ServeArgs),
+    /// Interactive WebSocket client: send lines, print messages and close codes.
+    Connect(connect::ConnectArgs),
+    /// Mint a JWT connection token for testing.
+    Token(token::TokenArgs),
     /// Load-test a WebSocket server.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -33,6 +39,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         None => serve::run(serve::ServeArgs::default()),
         Some(Command::Serve(args)) => serve::run(args),
+        Some(Command::Connect(args)) => connect::run(args),
+        Some(Command::Token(args)) => token::run(args),
         Some(Command::Bench(cmd)) => bench::run(cmd),
     };
     match result {
