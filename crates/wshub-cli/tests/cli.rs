@@ -36,8 +36,10 @@ fn token_is_accepted_by_the_verifier() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token = String::from_utf8(out.stdout).unwrap();
-    let mut config = AuthConfig::default();
-    config.hmac_secret = Some(SECRET.into());
+    let config = AuthConfig {
+        hmac_secret: Some(SECRET.into()),
+        ..AuthConfig::default()
+    };
     let claims = Verifier::new(&config)
         .unwrap()
         .verify(token.trim(), SystemTime::now())
