@@ -62,6 +62,8 @@ pub(crate) struct Driver<S> {
     stall_since: Option<Instant>,
     needs_flush: bool,
     read_paused: bool,
+    /// The application's inbound queue was full when `pull` last looked.
+    inbound_full: bool,
     write_stall_timeout: Duration,
     close_timeout: Duration,
     /// The close frame this side sent, for the disconnect reason.
@@ -89,6 +91,7 @@ where
             stall_since: None,
             needs_flush: false,
             read_paused: false,
+            inbound_full: false,
             write_stall_timeout: parts.write_stall_timeout,
             close_timeout: parts.close_timeout,
             local_close: None,
@@ -261,6 +264,12 @@ where
             }
         }
         inner.wire_bytes = self.conn.output_len();
+        // Snapshot for `may_read` later in this turn, under the same lock. Only
+        // this task adds to the inbound queue, and a reader that drains it wakes
+        // the driver through the waker registered above, so it cannot go stale
+        // unnoticed.
+        self.inbound_full =
+            inner.inbound_bytes >= self.shared.max_inbound_bytes && !inner.inbound.is_empty();
         None
     }
 
@@ -300,10 +309,7 @@ where
     /// heartbeat pauses with it: the peer's pongs cannot be seen while we do not
     /// read, and the stall is the application's, not the peer's.
     fn may_read(&mut self, now: Instant) -> bool {
-        let ok = {
-            let inner = self.shared.lock();
-            inner.inbound_bytes < self.shared.max_inbound_bytes || inner.inbound.is_empty()
-        };
+        let ok = !self.inbound_full;
         if ok == self.read_paused {
             self.read_paused = !ok;
             if ok {
