@@ -38,7 +38,12 @@ pub(crate) fn run(args: ConnectArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(connect(args))
+    let result = runtime.block_on(connect(args));
+    // The stdin reader is a blocking thread stuck in read(2); dropping the
+    // runtime would wait for it, so a server-side close would not end the
+    // program until the user pressed Enter.
+    runtime.shutdown_background();
+    result
 }
 
 fn builder(args: &ConnectArgs) -> anyhow::Result<ClientBuilder> {

@@ -7,7 +7,7 @@
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use wshub::hub::auth::{AuthConfig, Verifier};
 use wshub::{CloseCode, Config, Server};
 
@@ -98,12 +98,28 @@ async fn connect_sends_lines_and_prints_messages() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"hello\nsecond line\n").await.unwrap();
-    drop(stdin); // EOF: the client closes with 1000
+    // Read until both echoes are printed, then end stdin: EOF makes the client
+    // close with 1000, and a close sent earlier could overtake the echoes (a
+    // server answers a close at once, RFC 6455 §5.5.1).
+    let mut stdout_lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = String::new();
+    let wanted = ["< welcome", "< hello", "< second line"];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !wanted.iter().all(|w| stdout.contains(w)) {
+            let Some(line) = stdout_lines.next_line().await.unwrap() else {
+                break;
+            };
+            stdout.push_str(&line);
+            stdout.push('\n');
+        }
+    })
+    .await
+    .expect("echoes not printed in time");
+    drop(stdin);
     let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
         .await
         .expect("wshub connect did not exit")
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
     assert!(stdout.contains("< welcome"), "{stdout}");
@@ -119,13 +135,15 @@ async fn connect_reports_a_refusing_close_code() {
         ws.closed().await;
     })
     .await;
-    let child = tokio::process::Command::new(BIN)
+    let mut child = tokio::process::Command::new(BIN)
         .args(["connect", &url])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Keep stdin open: its EOF would make the client close first (with 1000).
+    let _stdin = child.stdin.take().unwrap();
     let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
         .await
         .expect("wshub connect did not exit")
