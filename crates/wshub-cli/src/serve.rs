@@ -1,89 +1,119 @@
-//! `wshub serve`: for now the seed's broadcast server with the heartbeat on —
-//! every message a client sends goes to every other open client. The full hub
-//! (channels, HTTP API, auth) replaces it in the next milestone.
+//! `wshub serve` (also what a bare `wshub` runs): the hub on the embedded
+//! in-memory broker — WebSocket clients speaking `wshub.v1`, the HTTP API,
+//! health and metrics, all on one port; optional TLS with certificate reload
+//! on file change or SIGHUP; graceful drain on SIGTERM or Ctrl-C.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use wshub::{Config, Server};
+use wshub::hub::config::{HubConfig, LogFormat};
+use wshub::hub::memory::{MemoryBroker, MemoryBrokerConfig};
+use wshub::hub::Hub;
+
+use crate::settings::ConfigArgs;
 
 /// Options of `wshub serve`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub(crate) struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "WSHUB_LISTEN")]
-    listen: String,
-    /// Heartbeat ping interval in seconds (0 turns it off).
-    #[arg(long, default_value_t = 25, env = "WSHUB_PING_INTERVAL")]
-    ping_interval: u64,
-    /// Seconds a client has to answer a ping.
-    #[arg(long, default_value_t = 10, env = "WSHUB_PONG_TIMEOUT")]
-    pong_timeout: u64,
-    /// Log filter (tracing `EnvFilter` syntax).
-    #[arg(long, default_value = "info", env = "WSHUB_LOG")]
-    log: String,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to listen on (shortcut for `--set server.listen=ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
 }
 
-impl Default for ServeArgs {
-    fn default() -> Self {
-        ServeArgs {
-            listen: "127.0.0.1:8080".into(),
-            ping_interval: 25,
-            pong_timeout: 10,
-            log: "info".into(),
-        }
+pub(crate) fn run(mut args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(listen) = args.listen.take() {
+        args.config.set.push(format!("server.listen={listen}"));
     }
-}
-
-pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .with_context(|| format!("invalid --log filter {:?}", args.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let loaded = args.config.load()?;
+    init_logging(&loaded.config)?;
+    match &loaded.file {
+        Some(f) => tracing::info!(config = %f.display(), "configuration loaded"),
+        None => tracing::info!("no configuration file: built-in defaults"),
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(loaded))
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+fn init_logging(config: &HubConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .with_context(|| format!("invalid log.level {:?}", config.log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        _ => builder.init(),
+    }
+    Ok(())
+}
+
+async fn serve(loaded: crate::settings::Loaded) -> anyhow::Result<()> {
+    let config = loaded.config;
+    let broker = Arc::new(MemoryBroker::new(MemoryBrokerConfig::default()));
+    let hub = Hub::new(config.clone(), broker, &loaded.base_dir).context("cannot start the hub")?;
+    let tls = match &config.tls {
+        Some(tls) => {
+            let cert = wshub::cert_reload::ReloadingCert::load(
+                &loaded.base_dir.join(&tls.cert),
+                &loaded.base_dir.join(&tls.key),
+            )
+            .context("cannot load the TLS certificate")?;
+            if !tls.reload_interval.is_zero() {
+                cert.spawn_watcher(tls.reload_interval);
+            }
+            spawn_sighup_reload(Arc::clone(&cert));
+            Some(cert.server_config())
+        }
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let interval = (args.ping_interval > 0).then(|| Duration::from_secs(args.ping_interval));
-    let config = Config::builder()
-        .ping_interval(interval)
-        .pong_timeout(Duration::from_secs(args.pong_timeout.max(1)))
-        .deflate(true)
-        .build();
-    let server = Server::new(config);
-    let clients = server.clients().clone();
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let http = if tls.is_some() { "https" } else { "http" };
     tracing::info!(
-        listen = %listener.local_addr()?,
-        "wshub broadcast server ready: every message goes to every other client"
+        websocket = %format!("{scheme}://{addr}{}", config.server.ws_path),
+        api = if config.api.key.is_some() { "on" } else { "off (set api.key)" },
+        anonymous = config.auth.allow_anonymous,
+        "wshub hub ready"
     );
-    server
-        .serve(
-            listener,
-            move |mut ws| {
-                let clients = clients.clone();
-                async move {
-                    tracing::info!(id = ws.id(), client_ip = %ws.client_ip(), "client connected");
-                    while let Some(msg) = ws.recv().await {
-                        clients.broadcast_except(ws.id(), msg);
-                    }
-                    if let Some(why) = ws.disconnect() {
-                        tracing::info!(id = ws.id(), reason = %why, "client gone");
-                    }
-                }
-            },
-            shutdown_signal(),
-        )
+    println!(
+        "wshub listening on {scheme}://{addr}{} (HTTP API and /metrics on {http}://{addr})",
+        config.server.ws_path
+    );
+    hub.serve(listener, tls, shutdown_signal())
         .await
         .context("server failed")?;
-    tracing::info!("shut down");
     Ok(())
+}
+
+/// Reloads the certificate on SIGHUP.
+fn spawn_sighup_reload(cert: Arc<wshub::cert_reload::ReloadingCert>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!(
+                "cannot install the SIGHUP handler: certificate reload only on file change"
+            );
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match cert.reload() {
+                Ok(true) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                Ok(false) => tracing::info!("SIGHUP: TLS certificate unchanged"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(cert);
 }
 
 /// Ctrl-C or SIGTERM.

@@ -27,7 +27,7 @@ fn token_is_accepted_by_the_verifier() {
             "news:*",
         ])
         .args(["--info", r#"{"name":"Alice"}"#])
-        .env("WSHUB_TOKEN_HMAC_SECRET", SECRET)
+        .env("WSHUB_AUTH_HMAC_SECRET", SECRET)
         .output()
         .unwrap();
     assert!(
@@ -54,7 +54,7 @@ fn token_is_accepted_by_the_verifier() {
 fn token_without_a_key_is_a_clear_error() {
     let out = std::process::Command::new(BIN)
         .args(["token", "--user", "alice"])
-        .env_remove("WSHUB_TOKEN_HMAC_SECRET")
+        .env_remove("WSHUB_AUTH_HMAC_SECRET")
         .output()
         .unwrap();
     assert!(!out.status.success());

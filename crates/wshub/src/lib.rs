@@ -42,10 +42,13 @@
 //! - [`client_ip`]: the client IP from the socket or trusted proxies.
 //! - [`upgrade`]: upgrades inside hyper and axum apps.
 //! - [`tls`]: rustls from PEM files (feature `tls`).
+//! - [`cert_reload`]: a TLS certificate that reloads on file change or SIGHUP.
 //! - [`client`]: a client on the same driver.
 //! - [`close_codes`]: wshub's application close codes.
 //! - [`hub`]: the hub's building blocks (protocol, auth, broker, memory engine).
 
+#[cfg(feature = "tls")]
+pub mod cert_reload;
 pub mod client;
 pub mod client_ip;
 pub mod close_codes;

@@ -304,6 +304,22 @@ impl Server {
         Ok(())
     }
 
+    /// Starts draining without closing anyone: from now on new upgrades get
+    /// 503. For applications that close their clients themselves (the hub
+    /// closes in batches, with its own close code) and then call
+    /// [`wait_closed`](Self::wait_closed).
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Waits until every connection has ended or `timeout` has passed;
+    /// returns whether all ended.
+    pub async fn wait_closed(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.wait_idle())
+            .await
+            .is_ok()
+    }
+
     /// Graceful shutdown: new upgrades get 503, every client is sent close 1001,
     /// and after [`shutdown_timeout`](crate::config::Builder::shutdown_timeout)
     /// the remaining connections are dropped.

@@ -196,6 +196,17 @@ impl Shared {
     /// and close requests are tiny and never count against the limit: a close
     /// must not be lost to a full queue.
     pub(crate) fn push(&self, item: Outbound) -> Result<(), SendError> {
+        self.push_with(item, self.policy).map(drop)
+    }
+
+    /// [`push`](Self::push) with an explicit slow-consumer policy for this
+    /// item; returns how many older messages drop-oldest discarded for it.
+    pub(crate) fn push_with(
+        &self,
+        item: Outbound,
+        policy: SlowConsumerPolicy,
+    ) -> Result<usize, SendError> {
+        let mut dropped = 0;
         let len = item.len();
         let control = matches!(item, Outbound::Close(..) | Outbound::Ping(_));
         let mut inner = self.lock();
@@ -204,7 +215,7 @@ impl Shared {
         }
         let queued = inner.out_bytes + inner.wire_bytes;
         if !control && queued > 0 && queued + len > self.max_queue_bytes {
-            match self.policy {
+            match policy {
                 SlowConsumerPolicy::Close => {
                     inner.slow = true;
                     inner.closing = true;
@@ -232,6 +243,7 @@ impl Shared {
                         if let Some(old) = inner.out.remove(pos) {
                             inner.out_bytes -= old.len();
                             inner.dropped += 1;
+                            dropped += 1;
                         }
                     }
                 }
@@ -247,7 +259,7 @@ impl Shared {
         if let Some(w) = w {
             w.wake();
         }
-        Ok(())
+        Ok(dropped)
     }
 
     /// Records the end of the connection (once) and wakes everyone waiting.
@@ -380,6 +392,20 @@ impl WebSocket {
     /// Queues a frame that was encoded once for many receivers.
     pub fn send_prepared(&self, msg: &Arc<PreparedMessage>) -> Result<(), SendError> {
         self.shared.push(Outbound::Prepared(Arc::clone(msg)))
+    }
+
+    /// Queues a prepared frame like [`send_prepared`](Self::send_prepared), but
+    /// with `policy` instead of the connection's slow-consumer policy deciding
+    /// what happens when the queue is full (a hub applies its channels' own
+    /// policies this way). Returns how many older messages
+    /// [`DropOldest`](SlowConsumerPolicy::DropOldest) discarded to make room.
+    pub fn send_prepared_with(
+        &self,
+        msg: &Arc<PreparedMessage>,
+        policy: SlowConsumerPolicy,
+    ) -> Result<usize, SendError> {
+        self.shared
+            .push_with(Outbound::Prepared(Arc::clone(msg)), policy)
     }
 
     /// Queues a ping (payload at most 125 bytes). The heartbeat pings on its own;

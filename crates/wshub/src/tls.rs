@@ -235,6 +235,35 @@ fn parse_certs(pem: &[u8], origin: &PemSource) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
+/// The first private key of a PEM file, or an error naming `origin`.
+fn parse_key(pem: &[u8], origin: &PemSource) -> Result<PrivateKeyDer<'static>, TlsError> {
+    match rustls_pemfile::private_key(&mut &pem[..]) {
+        Ok(Some(key)) => Ok(key),
+        Ok(None) => Err(TlsError::NoPrivateKey {
+            origin: origin.clone(),
+        }),
+        Err(error) => Err(TlsError::MalformedPem {
+            kind: PemKind::PrivateKey,
+            origin: origin.clone(),
+            error,
+        }),
+    }
+}
+
+/// Reads and parses the two PEM files as [`load_server_config`] does, without
+/// building a configuration: the certificate chain and the private key (for
+/// [`crate::cert_reload`], which builds a `CertifiedKey` from them).
+pub(crate) fn load_pem_files(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let cert_pem = read_file(PemKind::Certificate, cert_path)?;
+    let key_pem = read_file(PemKind::PrivateKey, key_path)?;
+    let certs = parse_certs(&cert_pem, &PemSource::File(cert_path.to_owned()))?;
+    let key = parse_key(&key_pem, &PemSource::File(key_path.to_owned()))?;
+    Ok((certs, key))
+}
+
 fn build(
     cert_pem: &[u8],
     cert_origin: PemSource,
@@ -242,17 +271,7 @@ fn build(
     key_origin: PemSource,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs = parse_certs(cert_pem, &cert_origin)?;
-    let key: PrivateKeyDer<'static> = match rustls_pemfile::private_key(&mut &key_pem[..]) {
-        Ok(Some(key)) => key,
-        Ok(None) => return Err(TlsError::NoPrivateKey { origin: key_origin }),
-        Err(error) => {
-            return Err(TlsError::MalformedPem {
-                kind: PemKind::PrivateKey,
-                origin: key_origin,
-                error,
-            })
-        }
-    };
+    let key = parse_key(key_pem, &key_origin)?;
 
     let rustls_error = |error: rustls::Error| match error {
         rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {

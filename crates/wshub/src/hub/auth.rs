@@ -324,6 +324,10 @@ pub struct Claims {
     /// Channels (or patterns) this token grants publish permission for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
+    /// Connection tags (string keys and values) that publications can be
+    /// targeted by (a publish's tag filter).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 impl Claims {
@@ -339,6 +343,7 @@ impl Claims {
             info: None,
             channels: Vec::new(),
             publish: Vec::new(),
+            tags: std::collections::BTreeMap::new(),
         }
     }
 
@@ -720,6 +725,7 @@ pub struct ClaimsBuilder {
     info: Option<serde_json::Value>,
     channels: Vec<String>,
     publish: Vec<String>,
+    tags: std::collections::BTreeMap<String, String>,
 }
 
 impl ClaimsBuilder {
@@ -734,6 +740,7 @@ impl ClaimsBuilder {
             info: None,
             channels: Vec::new(),
             publish: Vec::new(),
+            tags: std::collections::BTreeMap::new(),
         }
     }
 
@@ -780,6 +787,12 @@ impl ClaimsBuilder {
         self
     }
 
+    /// Sets a connection tag (publications can target tags with a filter).
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
     /// The claims as minted at `now` (`iat = now`, `exp`/`nbf` relative to it).
     pub fn build(&self, now: SystemTime) -> Claims {
         let now = now
@@ -796,6 +809,7 @@ impl ClaimsBuilder {
             info: self.info.clone(),
             channels: self.channels.clone(),
             publish: self.publish.clone(),
+            tags: self.tags.clone(),
         }
     }
 }

@@ -72,6 +72,60 @@ pub struct Publication {
     pub info: Option<ClientInfo>,
     /// Free key/value metadata from the publisher (backend API).
     pub tags: BTreeMap<String, String>,
+    /// Which of the channel's subscribers receive it (default: all).
+    pub audience: Audience,
+}
+
+/// Which subscribers of a channel a publication is for: all of them by
+/// default, or all but one client, or those whose connection tags match a
+/// filter — or both restrictions at once.
+///
+/// The audience travels with the publication (through the broker, into
+/// history), so every node applies it to its own subscribers and recovery
+/// never hands a client a publication that was not meant for it. A
+/// publication still takes its offset in the channel's stream whoever receives
+/// it, so the offsets one client sees may skip the ones addressed to others.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Audience {
+    /// Skip this client id (e.g. the publisher: "everyone but the sender").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except_client: Option<String>,
+    /// Deliver only to connections whose tags match (see [`TagFilter`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<TagFilter>,
+}
+
+impl Audience {
+    /// Whether the connection `client`, tagged `tags`, is in this audience.
+    pub fn includes(&self, client: &str, tags: &BTreeMap<String, String>) -> bool {
+        if self.except_client.as_deref() == Some(client) {
+            return false;
+        }
+        self.filter.as_ref().is_none_or(|f| f.matches(tags))
+    }
+
+    /// Whether everyone is in this audience (no exception, no filter).
+    pub fn is_everyone(&self) -> bool {
+        self.except_client.is_none() && self.filter.is_none()
+    }
+}
+
+/// A filter on connection tags (the token's `tags` claim): for every key, the
+/// connection's tag must be one of the listed values. `{"region": ["eu",
+/// "us"], "plan": ["pro"]}` selects pro-plan connections in eu or us. An empty
+/// filter matches every connection; a key with an empty list matches none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct TagFilter(pub BTreeMap<String, Vec<String>>);
+
+impl TagFilter {
+    /// Whether connection tags `tags` pass the filter.
+    pub fn matches(&self, tags: &BTreeMap<String, String>) -> bool {
+        self.0.iter().all(|(key, allowed)| {
+            tags.get(key)
+                .is_some_and(|v| allowed.iter().any(|a| a == v))
+        })
+    }
 }
 
 /// The default time an idempotency key is remembered.
@@ -102,6 +156,8 @@ pub struct PublishOptions {
     /// How long [`idempotency_key`](Self::idempotency_key) is remembered
     /// (default [`DEFAULT_IDEMPOTENCY_TTL`]).
     pub idempotency_ttl: Duration,
+    /// Who receives the publication (default: every subscriber).
+    pub audience: Audience,
 }
 
 impl Default for PublishOptions {
@@ -113,6 +169,7 @@ impl Default for PublishOptions {
             tags: BTreeMap::new(),
             idempotency_key: None,
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            audience: Audience::default(),
         }
     }
 }
@@ -449,6 +506,7 @@ mod tests {
             data: Bytes::from(format!("{{\"n\":{offset}}}")),
             info: None,
             tags: BTreeMap::new(),
+            audience: Audience::default(),
         }
     }
 

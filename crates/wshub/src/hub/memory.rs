@@ -277,6 +277,7 @@ impl MemoryBroker {
             data,
             info: opts.info,
             tags: opts.tags,
+            audience: opts.audience,
         };
         stream.keep_until(now + meta_ttl);
         if opts.history_size > 0 && !opts.history_ttl.is_zero() {
@@ -1001,6 +1002,7 @@ mod tests {
                     data: data(2),
                     info: Some(member("c1", "u1")),
                     tags,
+                    audience: Default::default(),
                 },
                 epoch: pos.epoch,
             }]

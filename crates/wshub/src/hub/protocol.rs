@@ -1064,22 +1064,8 @@ impl Obj<'_> {
                 ))
             }
         };
-        if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
-            return Err(invalid(
-                self.path,
-                "channel",
-                format!(
-                    "must be 1 to {MAX_CHANNEL_LEN} bytes, found {}",
-                    channel.len()
-                ),
-            ));
-        }
-        if let Some(at) = channel.bytes().position(|b| !is_channel_byte(b)) {
-            return Err(invalid(
-                self.path,
-                "channel",
-                format!("byte {at} is not allowed (allowed: A-Z a-z 0-9 _ - : . @ / = #)"),
-            ));
+        if let Err(reason) = check_channel(channel) {
+            return Err(invalid(self.path, "channel", reason));
         }
         Ok(channel.clone())
     }
@@ -1156,6 +1142,23 @@ impl Obj<'_> {
 }
 
 /// Whether `b` may appear in a channel name.
+/// Checks a channel name against the rules (1–255 bytes of `A–Z a–z 0–9 _ -
+/// : . @ / = #`); the error says what is wrong.
+pub fn check_channel(channel: &str) -> Result<(), String> {
+    if channel.is_empty() || channel.len() > MAX_CHANNEL_LEN {
+        return Err(format!(
+            "must be 1 to {MAX_CHANNEL_LEN} bytes, found {}",
+            channel.len()
+        ));
+    }
+    if let Some(at) = channel.bytes().position(|b| !is_channel_byte(b)) {
+        return Err(format!(
+            "byte {at} is not allowed (allowed: A-Z a-z 0-9 _ - : . @ / = #)"
+        ));
+    }
+    Ok(())
+}
+
 fn is_channel_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b':' | b'.' | b'@' | b'/' | b'=' | b'#')
 }
