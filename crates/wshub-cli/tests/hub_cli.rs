@@ -245,3 +245,102 @@ fn serve_without_any_key_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot start the hub"), "{err}");
 }
+
+/// A self-signed certificate for `localhost`: (cert PEM, key PEM).
+fn cert() -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    (ck.cert.pem(), ck.key_pair.serialize_pem())
+}
+
+async fn wss_connects(url: &str, ca_pem: &str) -> bool {
+    let tls =
+        wshub::tls::client_config_from_ca_pem(ca_pem.as_bytes(), wshub::tls::PemSource::Memory)
+            .unwrap();
+    let builder = wshub::client::ClientBuilder::new()
+        .protocols(["wshub.v1"])
+        .tls_config(tls);
+    matches!(
+        tokio::time::timeout(WAIT, builder.connect(url)).await,
+        Ok(Ok(_))
+    )
+}
+
+#[tokio::test]
+async fn tls_certificate_reloads_on_sighup() {
+    let (cert_a, key_a) = cert();
+    let config = temp_config(
+        "tls",
+        &format!(
+            "{CONFIG}\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nreload_interval = \"0s\"\n"
+        ),
+    );
+    let dir = config.parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("cert.pem"), &cert_a).unwrap();
+    std::fs::write(dir.join("key.pem"), &key_a).unwrap();
+    let mut server = wshub(&config)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(server.stdout.take().unwrap()).lines();
+    let ready = line_with(&mut out, "wshub listening on").await;
+    let port = ready
+        .split_whitespace()
+        .find(|w| w.starts_with("wss://"))
+        .and_then(|u| u.trim_start_matches("wss://127.0.0.1:").split('/').next())
+        .unwrap()
+        .to_owned();
+    let url = format!("wss://localhost:{port}/ws");
+    assert!(wss_connects(&url, &cert_a).await);
+
+    // New files, then SIGHUP: new handshakes present the new certificate.
+    let (cert_b, key_b) = cert();
+    std::fs::write(dir.join("cert.pem"), &cert_b).unwrap();
+    std::fs::write(dir.join("key.pem"), &key_b).unwrap();
+    let pid = server.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut switched = false;
+    for _ in 0..400 {
+        if wss_connects(&url, &cert_b).await {
+            switched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(switched, "the new certificate was never served");
+    assert!(!wss_connects(&url, &cert_a).await);
+
+    // The HTTP API is served over the same TLS port.
+    std::fs::write(dir.join("ca.pem"), &cert_b).unwrap();
+    let published = wshub(&config)
+        .args(["publish", "chat:x", "1", "--url"])
+        .arg(format!("https://localhost:{port}"))
+        .args(["--ca", "ca.pem", "--config"])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::time::timeout(WAIT, server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+}

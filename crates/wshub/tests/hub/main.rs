@@ -804,3 +804,80 @@ async fn slow_consumer_in_a_drop_oldest_namespace_loses_messages_not_the_connect
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------
+// Message size, client IP behind proxies, wss
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn frame_over_the_message_limit_is_1009() {
+    let mut cfg = config();
+    cfg.limits.max_message_size = 4096;
+    cfg.limits.max_preauth_message_size = 4096;
+    for ns in cfg.namespaces.values_mut() {
+        ns.max_publication_size = 1024;
+    }
+    cfg.default_namespace.max_publication_size = 1024;
+    let hub = TestHub::start(cfg).await;
+    let mut c = hub.client("alice").await;
+    let big = json!({"id": 5, "method": "publish", "params": {"channel": "chat:a", "data": "x".repeat(5000)}});
+    c.send_raw(&big.to_string());
+    assert_eq!(c.until_closed().await.1, 1009);
+}
+
+#[tokio::test]
+async fn per_ip_limits_use_the_forwarded_client_behind_a_trusted_proxy() {
+    let mut cfg = config();
+    cfg.limits.max_connections_per_ip = 1;
+    cfg.server.trusted_proxies = vec!["127.0.0.1/32".into()];
+    let hub = TestHub::start(cfg).await;
+    let upgrade = |ip: &'static str| upgrade_with("/ws", &[("X-Forwarded-For", ip)]);
+    // Two clients behind the proxy, one connection each: both fit.
+    let mut a = tokio::net::TcpStream::connect(hub.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut a, upgrade("203.0.113.1").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut a, &mut buf)
+        .await
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 101");
+    let res = http_request(hub.addr, upgrade("203.0.113.2").as_bytes()).await;
+    assert_eq!(res.status, 101);
+    // A second connection of the first client is over its cap.
+    let res = http_request(hub.addr, upgrade("203.0.113.1").as_bytes()).await;
+    assert_eq!(res.status, 429);
+    drop(a);
+}
+
+#[tokio::test]
+async fn hub_over_wss() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let server_tls = wshub::tls::server_config_from_pem(
+        ck.cert.pem().as_bytes(),
+        ck.key_pair.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let hub = TestHub::start_with_tls(config(), Some(server_tls)).await;
+    let client_tls = wshub::tls::client_config_from_ca_pem(
+        ck.cert.pem().as_bytes(),
+        wshub::tls::PemSource::Memory,
+    )
+    .unwrap();
+    let url = format!("wss://localhost:{}/ws", hub.addr.port());
+    let ws = within(
+        "the wss upgrade",
+        wshub::client::ClientBuilder::new()
+            .protocols(["wshub.v1"])
+            .tls_config(client_tls)
+            .connect(&url),
+    )
+    .await
+    .unwrap();
+    let connect = json!({"id": 1, "method": "connect", "params": {"token": token("alice")}});
+    ws.send(connect.to_string()).unwrap();
+    let mut ws = ws;
+    let reply = within("the connect reply", ws.recv()).await.unwrap();
+    let reply: Value = serde_json::from_str(&reply.to_string()).unwrap();
+    assert_eq!(reply["result"]["user"], "alice");
+}

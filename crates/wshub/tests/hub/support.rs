@@ -86,13 +86,21 @@ pub(crate) struct TestHub {
 
 impl TestHub {
     pub(crate) async fn start(config: HubConfig) -> TestHub {
+        TestHub::start_with_tls(config, None).await
+    }
+
+    /// Starts the hub with TLS when `tls` is given.
+    pub(crate) async fn start_with_tls(
+        config: HubConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> TestHub {
         let (listener, addr) = bind().await;
         let broker = Arc::new(MemoryBroker::new(MemoryBrokerConfig::default()));
         let hub = Hub::new(config, broker, Path::new(".")).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let h = hub.clone();
         let task = tokio::spawn(async move {
-            h.serve(listener, None, async {
+            h.serve(listener, tls, async {
                 let _ = rx.await;
             })
             .await
