@@ -160,6 +160,19 @@ pub(crate) struct SubscribeHandle {
     pub(crate) conn: ConnectionId,
 }
 
+/// How [`Hub::subscribe_finish`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// The reply was sent and the subscriber is live.
+    Live,
+    /// The reply was sent, then an `unsub` (111, resubscribe): too much
+    /// arrived while subscribing. The session must leave the channel.
+    Overflowed,
+    /// Nothing was sent: the hub dropped the subscriber meanwhile (a stream
+    /// gap). The session must reply with an error and leave.
+    Gone,
+}
+
 /// A buffered event of a subscriber whose subscribe is in flight.
 enum Buffered {
     Pub {
@@ -481,17 +494,16 @@ impl Hub {
 
     /// Sends the subscribe reply (`reply`, already encoded) and the events
     /// buffered since [`subscribe_begin`](Self::subscribe_begin) that follow
-    /// `position`, then makes the subscriber live. Returns `false` when the
-    /// subscriber overflowed its buffer and was told to resubscribe.
+    /// `position`, then makes the subscriber live.
     pub(crate) fn subscribe_finish(
         &self,
         handle: &SubscribeHandle,
         position: &StreamPosition,
         reply: &str,
-    ) -> bool {
+    ) -> Finish {
         let mut shard = lock(self.shard(&handle.channel));
         let Some(ch) = shard.get_mut(&handle.channel) else {
-            return false;
+            return Finish::Gone;
         };
         match &ch.last {
             Some(last) if last.epoch == position.epoch && last.offset >= position.offset => {}
@@ -499,7 +511,7 @@ impl Hub {
             _ => ch.last = Some(position.clone()),
         }
         let Some(sub) = ch.subscribers.get_mut(&handle.conn) else {
-            return false;
+            return Finish::Gone;
         };
         let _ = sub.ws.send_text(reply);
         let buffered = sub.buffer.take().unwrap_or_default();
@@ -513,7 +525,7 @@ impl Hub {
             let _ = sub.ws.send_text(&push.to_json());
             // Stay silent until the session leaves the channel.
             sub.buffer = Some(Vec::new());
-            return false;
+            return Finish::Overflowed;
         }
         for b in buffered {
             match b {
@@ -527,7 +539,7 @@ impl Hub {
                 }
             }
         }
-        true
+        Finish::Live
     }
 
     /// Removes a subscriber (and the node's broker subscription when it was

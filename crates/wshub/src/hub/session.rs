@@ -20,7 +20,7 @@ use wshub_proto::Message;
 use super::auth::{AuthError, Claims};
 use super::broker::{recover, Audience, HistoryFilter, Recovery};
 use super::config::{Access, NamespaceConfig};
-use super::core::{Control, Hub, OpError, PublishRequest, SessionEntry, PRESENCE_TTL};
+use super::core::{Control, Finish, Hub, OpError, PublishRequest, SessionEntry, PRESENCE_TTL};
 use super::metrics::{DisconnectReason, PublishSource};
 use super::protocol::{
     self, ChannelParams, ClientInfo, CommandResult, ConnectParams, ConnectResult, ErrorCode,
@@ -95,6 +95,9 @@ struct Session {
     strikes: u32,
     control: mpsc::UnboundedSender<Control>,
     registered: bool,
+    /// The `exp` that `expiry_at` was computed for.
+    expiry_for_exp: Option<u64>,
+    expiry_at: Option<tokio::time::Instant>,
 }
 
 /// What the loop does after a command.
@@ -120,6 +123,8 @@ impl Session {
             strikes: 0,
             control,
             registered: false,
+            expiry_for_exp: None,
+            expiry_at: None,
         }
     }
 
@@ -136,12 +141,24 @@ impl Session {
         let connect_deadline = tokio::time::Instant::now() + limits.connect_timeout;
         let preauth_max = limits.max_preauth_message_size;
         let metrics = Arc::clone(self.hub.metrics());
+        // One timer each, reset when the deadline changes (not re-created per
+        // frame): the connect deadline, then the token's expiry.
+        let connect_timer = tokio::time::sleep_until(connect_deadline);
+        tokio::pin!(connect_timer);
+        let mut expiry = None;
+        let expiry_timer = tokio::time::sleep_until(connect_deadline);
+        tokio::pin!(expiry_timer);
         loop {
-            let expiry = self.expiry_deadline();
+            let deadline = self.expiry_deadline();
+            if deadline != expiry {
+                expiry = deadline;
+                if let Some(at) = expiry {
+                    expiry_timer.as_mut().reset(at);
+                }
+            }
             tokio::select! {
                 biased;
-                ctl = control.recv() => {
-                    let Some(ctl) = ctl else { continue };
+                Some(ctl) = control.recv() => {
                     if let Next::Stop(r) = self.on_control(ctl).await {
                         while ws.recv().await.is_some() {}
                         return Some(r);
@@ -171,13 +188,13 @@ impl Session {
                         return Some(r);
                     }
                 }
-                () = tokio::time::sleep_until(connect_deadline), if self.claims.is_none() => {
+                () = &mut connect_timer, if self.claims.is_none() => {
                     tracing::info!(client_ip = %self.ws.client_ip(), "no connect in time: closing with 4005");
                     self.close(CLOSE_CONNECT_TIMEOUT, "connect timeout");
                     while ws.recv().await.is_some() {}
                     return Some(DisconnectReason::ConnectTimeout);
                 }
-                () = sleep_until_opt(expiry), if expiry.is_some() => {
+                () = &mut expiry_timer, if expiry.is_some() => {
                     tracing::info!(client = %self.client, "token expired without refresh: closing with 4003");
                     self.close(CLOSE_TOKEN_EXPIRED, "token expired");
                     while ws.recv().await.is_some() {}
@@ -187,17 +204,28 @@ impl Session {
         }
     }
 
-    fn expiry_deadline(&self) -> Option<tokio::time::Instant> {
-        let claims = self.claims.as_ref()?;
-        claims.exp?;
-        let left = claims.time_to_expiry(SystemTime::now()).unwrap_or_default();
-        Some(tokio::time::Instant::now() + left + self.hub.inner.verifier.leeway())
+    /// When the connection's token expires (plus the verifier's leeway);
+    /// recomputed only when the claims change.
+    fn expiry_deadline(&mut self) -> Option<tokio::time::Instant> {
+        if self.expiry_for_exp != self.claims.as_ref().and_then(|c| c.exp) {
+            self.expiry_for_exp = self.claims.as_ref().and_then(|c| c.exp);
+            self.expiry_at = self.claims.as_ref().and_then(|claims| {
+                let left = claims.time_to_expiry(SystemTime::now())?;
+                Some(tokio::time::Instant::now() + left + self.hub.inner.verifier.leeway())
+            });
+        }
+        self.expiry_at
     }
 
     async fn on_control(&mut self, ctl: Control) -> Next {
         match ctl {
             Control::Disconnect { code, reason } => {
-                tracing::info!(client = %self.client, code, %reason, "disconnected by the server");
+                if code == close_codes::SHUTDOWN.0 {
+                    // One line per client would flood the log of a large drain.
+                    tracing::debug!(client = %self.client, "draining: closing with 4000");
+                } else {
+                    tracing::info!(client = %self.client, code, %reason, "disconnected by the server");
+                }
                 self.close(code, &reason);
                 Next::Stop(if code == close_codes::SHUTDOWN.0 {
                     DisconnectReason::Shutdown
@@ -557,13 +585,26 @@ impl Session {
             }),
         );
         let json = reply.to_json();
-        self.hub.metrics().message_sent(json.len());
-        let handle_ok = hub.subscribe_finish(&handle, &position, &json);
-        if !handle_ok {
-            self.subs.remove(&channel);
-            self.leave(&channel).await;
+        let finish = hub.subscribe_finish(&handle, &position, &json);
+        if finish != Finish::Gone {
+            self.hub.metrics().message_sent(json.len());
         }
-        Ok(())
+        match finish {
+            Finish::Live => Ok(()),
+            Finish::Overflowed => {
+                self.subs.remove(&channel);
+                self.leave(&channel).await;
+                Ok(())
+            }
+            Finish::Gone => {
+                self.subs.remove(&channel);
+                self.leave(&channel).await;
+                Err(OpError::with(
+                    ErrorCode::Internal,
+                    "the channel's stream was interrupted while subscribing; subscribe again",
+                ))
+            }
+        }
     }
 
     /// Removes this connection from `channel`: the hub's subscriber list and
@@ -666,12 +707,5 @@ fn check_access(
             "the token does not grant this channel",
         )),
         Access::None => Err(OpError::new(ErrorCode::PermissionDenied)),
-    }
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
