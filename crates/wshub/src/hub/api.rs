@@ -47,7 +47,7 @@ pub(crate) struct App {
 /// and the health and metrics endpoints.
 pub(crate) fn router(app: App) -> Router {
     let ws_path = app.hub.config().server.ws_path.clone();
-    Router::new()
+    let router = Router::new()
         .route(&ws_path, get(ws_route))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -59,6 +59,14 @@ pub(crate) fn router(app: App) -> Router {
         .route("/api/channels", get(api_channels).post(api_channels))
         .route("/api/disconnect", post(api_disconnect))
         .route("/api/unsubscribe", post(api_unsubscribe))
+        .route("/api/admin/stats", get(super::web::admin_stats))
+        .route("/api/nodes", get(super::web::nodes))
+        .route("/demo/token", post(super::web::demo_token));
+    let mut router = router;
+    for a in &super::web::ASSETS {
+        router = router.route(a.path, get(move || async move { super::web::asset(a) }));
+    }
+    router
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_API_BODY))
         .with_state(app)
@@ -193,7 +201,7 @@ struct ErrorInner<'a> {
     message: &'a str,
 }
 
-fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+pub(crate) fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     json_response(
         status,
         &ErrorBody {
@@ -205,7 +213,7 @@ fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     )
 }
 
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     let body = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
     let mut res = Response::new(Body::from(body));
     *res.status_mut() = status;
@@ -235,7 +243,11 @@ fn op_error(e: OpError) -> Response {
 }
 
 /// Checks the API key (`Authorization: apikey KEY` or `X-API-Key: KEY`).
-fn authorize(app: &App, headers: &HeaderMap, peer: SocketAddr) -> Result<(), Box<Response>> {
+pub(crate) fn authorize(
+    app: &App,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<(), Box<Response>> {
     let Some(expected) = app.hub.config().api.key.as_deref() else {
         return Err(Box::new(api_error(
             StatusCode::FORBIDDEN,

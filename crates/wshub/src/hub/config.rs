@@ -68,7 +68,7 @@ pub const REDACTED: &str = "<redacted>";
 pub const ENV_PREFIX: &str = "WSHUB_";
 
 /// Sections whose keys can be set from the environment.
-const ENV_SECTIONS: [&str; 6] = ["server", "tls", "limits", "auth", "api", "log"];
+const ENV_SECTIONS: [&str; 7] = ["server", "tls", "limits", "auth", "api", "log", "demo"];
 
 // ---------------------------------------------------------------------------
 // The configuration types
@@ -92,6 +92,8 @@ pub struct HubConfig {
     pub api: ApiConfig,
     /// `[log]`: log format and level.
     pub log: LogConfig,
+    /// `[demo]`: the demo chat's token endpoint (off by default).
+    pub demo: DemoConfig,
     /// Options of channels without a namespace (no `:` in the name).
     pub default_namespace: NamespaceConfig,
     /// `[namespaces.NAME]`: options of channels `NAME:...`. A channel whose
@@ -329,6 +331,33 @@ pub struct LogConfig {
     /// Which events are logged: a `tracing` filter directive such as `info`
     /// or `wshub=debug,info`. Default: `info`.
     pub level: String,
+}
+
+/// `[demo]`: the demo chat served at `/`. When enabled, `POST /demo/token`
+/// mints a connection token for any name a visitor picks — anyone who can
+/// reach the hub can then connect, so enable it only for demos and
+/// development.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Whether `POST /demo/token` hands out tokens. Default: `false`.
+    pub enabled: bool,
+    /// The namespace the demo's rooms live in (must be configured in
+    /// `[namespaces.NAME]`). Default: `chat`.
+    pub namespace: String,
+    /// Lifetime of a demo token. Default: `1h`.
+    #[serde(with = "duration_str")]
+    pub token_ttl: Duration,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            enabled: false,
+            namespace: "chat".to_owned(),
+            token_ttl: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Log output format (`log.format`).
@@ -961,6 +990,26 @@ impl HubConfig {
                 &["log", "level"],
                 "must not be empty (e.g. \"info\" or \"wshub=debug,info\")",
             ));
+        }
+        if self.demo.enabled {
+            if !self.namespaces.contains_key(&self.demo.namespace) {
+                return Err(invalid(
+                    &["demo", "namespace"],
+                    format!(
+                        "namespace `{}` is not configured (add [namespaces.{}])",
+                        self.demo.namespace, self.demo.namespace
+                    ),
+                ));
+            }
+            if self.demo.token_ttl.is_zero() {
+                return Err(invalid(&["demo", "token_ttl"], "must be longer than 0s"));
+            }
+            if self.auth.hmac_secret.is_none() && self.auth.hmac_secret_file.is_none() {
+                return Err(invalid(
+                    &["demo", "enabled"],
+                    "the demo signs its tokens with auth.hmac_secret (or hmac_secret_file); set one",
+                ));
+            }
         }
         self.check_namespace(&["default_namespace"], &self.default_namespace)?;
         for (name, ns) in &self.namespaces {
@@ -2204,7 +2253,7 @@ mod tests {
         assert_eq!(
             parse_err("# comment\n\nlimtis = 1"),
             "wshub.toml line 3: unknown key `limtis` (expected one of server, tls, limits, \
-             auth, api, log, default_namespace, namespaces)"
+             auth, api, log, demo, default_namespace, namespaces)"
         );
         let e = parse("[limits]\nmax_message_size = 1000\nmax_mesage_size = 1").unwrap_err();
         assert_eq!(e.line, Some(3));
@@ -2657,9 +2706,12 @@ mod tests {
             assert_eq!(keys.get(var).map(|p| key_string(p)), Some(key.to_owned()));
             assert_eq!(env_var_for_key(key).as_deref(), Some(var));
         }
-        // 11 + 3 + 15 + 11 + 1 + 2 keys; namespaces have none.
-        assert_eq!(keys.len(), 43);
-        assert!(keys.keys().all(|k| !k.contains("NAMESPACE")));
+        // 11 + 3 + 15 + 11 + 1 + 2 + 3 keys; namespaces have none.
+        assert_eq!(keys.len(), 46);
+        // Namespaces have no variables (`WSHUB_DEMO_NAMESPACE` is a demo key).
+        assert!(keys
+            .keys()
+            .all(|k| !k.contains("NAMESPACE") || k == "WSHUB_DEMO_NAMESPACE"));
     }
 
     #[test]
@@ -2870,7 +2922,7 @@ mod tests {
             (
                 "limtis.max_message_size=1",
                 "--set limtis.max_message_size: unknown key `limtis` (expected one of \
-                 server, tls, limits, auth, api, log, default_namespace, namespaces)",
+                 server, tls, limits, auth, api, log, demo, default_namespace, namespaces)",
             ),
             (
                 "limits.max_msg=1",
@@ -3213,6 +3265,7 @@ mod tests {
                 "limits.write_stall_timeout",
                 "limits.connect_timeout",
                 "auth.leeway",
+                "demo.token_ttl",
                 "default_namespace.history_ttl",
             ]
         );
@@ -3353,7 +3406,7 @@ mod tests {
             });
             assert!(shown, "wshub.example.toml does not show {full}");
         }
-        assert_eq!(env_keys.len(), 43);
+        assert_eq!(env_keys.len(), 46);
 
         // And the docs list no key that does not exist.
         let schema_keys: Vec<(String, String)> = all

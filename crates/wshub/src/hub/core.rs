@@ -229,6 +229,10 @@ pub(crate) struct HubInner {
     hasher: RandomState,
     sessions: Mutex<Sessions>,
     pub(crate) draining: AtomicBool,
+    /// When the hub was built (uptime in the admin API).
+    pub(crate) started: Instant,
+    /// Mints the demo chat's tokens (`[demo] enabled`).
+    pub(crate) demo_minter: Option<super::auth::Minter>,
     /// Channels with local subscribers.
     channel_count: AtomicUsize,
 }
@@ -253,7 +257,12 @@ impl Hub {
         base_dir: &std::path::Path,
     ) -> Result<Hub, HubError> {
         config.validate()?;
-        let verifier = Verifier::new(&config.auth.to_auth_config(base_dir)?)?;
+        let auth = config.auth.to_auth_config(base_dir)?;
+        let verifier = Verifier::new(&auth)?;
+        #[cfg(all(feature = "axum", feature = "tls"))]
+        let demo_minter = super::web::demo_minter(&config, auth.hmac_secret.as_deref());
+        #[cfg(not(all(feature = "axum", feature = "tls")))]
+        let demo_minter = None;
         let node = random_id(8);
         let inner = Arc::new(HubInner {
             config: Arc::new(config),
@@ -266,6 +275,8 @@ impl Hub {
             hasher: RandomState::new(),
             sessions: Mutex::new(Sessions::default()),
             draining: AtomicBool::new(false),
+            started: Instant::now(),
+            demo_minter,
             channel_count: AtomicUsize::new(0),
         });
         let sink = Sink(Arc::downgrade(&inner));

@@ -307,6 +307,40 @@ pub struct Metrics {
     draining: AtomicBool,
 }
 
+/// The totals of [`Metrics`] at one moment (see [`Metrics::snapshot`]);
+/// serialised as the admin API's statistics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MetricsSnapshot {
+    /// Open WebSocket connections.
+    pub connections: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    /// Frames received from clients.
+    pub messages_received: u64,
+    /// Frames queued to clients.
+    pub messages_sent: u64,
+    /// Bytes received from clients.
+    pub bytes_received: u64,
+    /// Bytes queued to clients.
+    pub bytes_sent: u64,
+    /// Subscriptions on this node.
+    pub subscriptions: u64,
+    /// Channels with subscribers on this node.
+    pub channels: u64,
+    /// Messages dropped by the drop-oldest policy.
+    pub queue_drops: u64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: u64,
+    /// Publications by source (`client`, `api`).
+    pub publications: std::collections::BTreeMap<&'static str, u64>,
+    /// Ended connections by reason.
+    pub disconnects: std::collections::BTreeMap<&'static str, u64>,
+    /// Refused upgrades and API calls by reason.
+    pub rejects: std::collections::BTreeMap<&'static str, u64>,
+    /// Whether the hub is draining.
+    pub draining: bool,
+}
+
 /// `usize` to `u64` without a cast that clippy would flag; lossless on every
 /// platform Rust supports today, saturating otherwise.
 fn to_u64(n: usize) -> u64 {
@@ -412,6 +446,44 @@ impl Metrics {
     /// waits for existing ones to finish, 0 otherwise.
     pub fn set_draining(&self, draining: bool) {
         self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// The current totals, for the admin API and dashboard.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let by_name = |names: &[&'static str], values: &[AtomicU64]| {
+            names
+                .iter()
+                .zip(values)
+                .map(|(n, v)| (*n, load(v)))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let disconnect_names: Vec<&'static str> = DisconnectReason::ALL
+            .iter()
+            .map(DisconnectReason::as_str)
+            .collect();
+        let reject_names: Vec<&'static str> =
+            RejectReason::ALL.iter().map(RejectReason::as_str).collect();
+        let publish_names: Vec<&'static str> = PublishSource::ALL
+            .iter()
+            .map(PublishSource::as_str)
+            .collect();
+        MetricsSnapshot {
+            connections: self.connections.load(Ordering::Relaxed).max(0) as u64,
+            connections_total: load(&self.connections_total),
+            messages_received: load(&self.messages_received),
+            messages_sent: load(&self.messages_sent),
+            bytes_received: load(&self.bytes_received),
+            bytes_sent: load(&self.bytes_sent),
+            subscriptions: self.subscriptions.load(Ordering::Relaxed).max(0) as u64,
+            channels: load(&self.channels),
+            queue_drops: load(&self.queue_drops),
+            slow_consumers: load(&self.slow_consumers),
+            publications: by_name(&publish_names, &self.publications),
+            disconnects: by_name(&disconnect_names, &self.disconnects),
+            rejects: by_name(&reject_names, &self.rejects),
+            draining: self.draining.load(Ordering::Relaxed),
+        }
     }
 
     /// The metrics in Prometheus text exposition format 0.0.4 (serve it with

@@ -14,6 +14,7 @@
 //! - [`ratelimit`]: token buckets and per-IP limits.
 //! - `serve`: the accept loop (TLS, HTTP/1.1) and graceful shutdown.
 //! - `session`: one client connection speaking `wshub.v1`.
+//! - `web`: the client library, demo chat and admin dashboard, and their endpoints.
 #[cfg(all(feature = "axum", feature = "tls"))]
 mod api;
 pub mod auth;
@@ -27,5 +28,7 @@ pub mod ratelimit;
 #[cfg(all(feature = "axum", feature = "tls"))]
 mod serve;
 mod session;
+#[cfg(all(feature = "axum", feature = "tls"))]
+mod web;
 
 pub use self::core::{Hub, HubError, OpError, PublishRequest};

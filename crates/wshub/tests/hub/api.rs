@@ -337,3 +337,78 @@ async fn draining_hub_is_not_ready_and_refuses_upgrades() {
     assert_eq!(res.status, 503);
     drop(raw);
 }
+
+#[tokio::test]
+async fn pages_and_the_client_library_are_served() {
+    let hub = TestHub::start(config()).await;
+    for (path, ty) in [
+        ("/", "text/html"),
+        ("/admin", "text/html"),
+        ("/wshub.js", "text/javascript"),
+        ("/chat.js", "text/javascript"),
+        ("/admin.css", "text/css"),
+    ] {
+        let res = hub.get(path).await;
+        assert_eq!(res.status, 200, "{path}");
+        assert!(
+            res.header("content-type").unwrap().starts_with(ty),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn demo_tokens_only_when_enabled() {
+    let hub = TestHub::start(config()).await;
+    let (s, _) = hub.api("/demo/token", json!({"name": "Ada"})).await;
+    assert_eq!(s, 404);
+
+    let mut cfg = config();
+    cfg.demo.enabled = true;
+    let hub = TestHub::start(cfg).await;
+    let (s, v) = hub.api_raw("/demo/token", r#"{"name":"Ada"}"#, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["name"], "Ada");
+    assert_eq!(v["namespace"], "chat");
+    assert_eq!(v["ws_path"], "/ws");
+    let user = v["user"].as_str().unwrap();
+    assert!(user.starts_with("demo-"));
+    // The token works, and presence shows the chosen name.
+    let mut c = HubClient::connected(&hub, v["token"].as_str()).await;
+    c.ok("subscribe", json!({"channel": "chat:lobby"})).await;
+    let p = c.ok("presence", json!({"channel": "chat:lobby"})).await;
+    assert_eq!(p["members"][0]["info"]["name"], "Ada");
+    assert_eq!(p["members"][0]["user"], user);
+    for bad in [r#"{"name":""}"#, r#"{"name":"   "}"#, r#"{"nom":"x"}"#] {
+        let (s, _) = hub.api_raw("/demo/token", bad, None).await;
+        assert_eq!(s, 400, "{bad}");
+    }
+    let long = json!({"name": "x".repeat(33)}).to_string();
+    assert_eq!(hub.api_raw("/demo/token", &long, None).await.0, 400);
+}
+
+#[tokio::test]
+async fn admin_stats_and_nodes() {
+    let hub = TestHub::start(config()).await;
+    let mut c = hub.client("alice").await;
+    c.ok("subscribe", json!({"channel": "chat:s"})).await;
+    c.ok("publish", json!({"channel": "chat:s", "data": 1}))
+        .await;
+    let res = hub.get("/api/admin/stats").await;
+    assert_eq!(res.status, 200);
+    let v: Value = serde_json::from_str(&res.body).unwrap();
+    assert_eq!(v["connections"], 1);
+    assert_eq!(v["sessions"], 1);
+    assert_eq!(v["channels"], 1);
+    assert_eq!(v["subscriptions"], 1);
+    assert_eq!(v["publications"]["client"], 1);
+    assert_eq!(v["disconnects"]["normal"], 0);
+    assert!(v["node"].as_str().unwrap().len() >= 8);
+    let res = hub.get("/api/nodes").await;
+    let n: Value = serde_json::from_str(&res.body).unwrap();
+    assert_eq!(n["nodes"][0]["connections"], 1);
+    assert_eq!(n["nodes"][0]["self"], true);
+    // Both need the key.
+    let req = "GET /api/admin/stats HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(http_request(hub.addr, req.as_bytes()).await.status, 401);
+}
