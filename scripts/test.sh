@@ -5,7 +5,10 @@
 # use (.venv/, node_modules/, cargo-fuzz). Every step is bounded in time.
 #
 #   bash scripts/test.sh            # everything
-#   SKIP_FUZZ=1 SKIP_CONFORMANCE=1 bash scripts/test.sh   # the quick subset
+#   SKIP_FUZZ=1 SKIP_CONFORMANCE=1 SKIP_BROWSER=1 bash scripts/test.sh   # the quick subset
+#
+# The browser tests need Debian's chromium at /usr/bin/chromium (.ci/run installs
+# it; elsewhere: apt-get install chromium, or SKIP_BROWSER=1).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -40,6 +43,18 @@ interop/run.sh -- target/release/examples/echo '{addr}'
 
 step "examples driven by an independent client"
 interop/examples.sh
+
+step "JavaScript client (clients/js) against a real hub"
+(cd clients/js && timeout 300 npm test)
+
+if [ "${SKIP_BROWSER:-0}" != 1 ]; then
+  step "browser end to end: headless Chromium (demo chat, recovery, admin)"
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "the browser tests need /usr/bin/chromium (apt-get install chromium), or SKIP_BROWSER=1" >&2
+    exit 1
+  fi
+  (cd e2e && npm ci --no-audit --no-fund --loglevel=error && timeout 300 node run.mjs)
+fi
 
 if [ "${SKIP_CONFORMANCE:-0}" != 1 ]; then
   step "conformance: Autobahn TestSuite (kosoku) against the echo example"

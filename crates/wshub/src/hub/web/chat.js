@@ -112,17 +112,6 @@ async function fetchToken(name) {
   return body;
 }
 
-/** Seconds since the epoch at which a JWT expires, or null. */
-function tokenExpiry(token) {
-  try {
-    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    const claims = JSON.parse(atob(payload));
-    return typeof claims.exp === 'number' ? claims.exp : null;
-  } catch {
-    return null;
-  }
-}
-
 async function join(name, room) {
   const grant = await fetchToken(name);
   safeStorage(() => localStorage.setItem('wshub.chat.name', name));
@@ -136,6 +125,7 @@ async function join(name, room) {
     room,
     channel,
     user: grant.user,
+    myUsers: new Set([grant.user]), // a reconnect after the token expired gets a new demo user id
     token: grant.token,
     client: null,
     sub: null,
@@ -152,11 +142,14 @@ async function join(name, room) {
 
   const client = new Client(url, {
     token: grant.token,
-    // Called by the client library when it needs a token (reconnect, refresh):
-    // the current one while it is valid, else a fresh one for the same name.
+    // The client library asks for a token to refresh the connection's one
+    // before it expires (while connected), and to reconnect once it expired.
+    // A demo token cannot be renewed for the same user id, so there is no
+    // refresh (null): the hub closes the connection when the token expires
+    // (4003, reconnect), and the reconnect gets a fresh token for the same
+    // name — a new demo user id, same name, and recovery fills the gap.
     getToken: async () => {
-      const exp = tokenExpiry(s.token);
-      if (exp === null || exp - Date.now() / 1000 > 60) return s.token;
+      if (client.state === 'connected') return null;
       const fresh = await fetchToken(s.name);
       s.token = fresh.token;
       return fresh.token;
@@ -171,7 +164,10 @@ async function join(name, room) {
   client.on('state', (state) => onClientState(s, state));
   client.on('connected', (ctx) => {
     if (s !== session) return;
-    if (ctx && ctx.user) s.user = ctx.user;
+    if (ctx && ctx.user) {
+      s.user = ctx.user;
+      s.myUsers.add(ctx.user);
+    }
     els.meUser.textContent = s.user ? `(${s.user})` : '';
     if (s.wasConnected && s.lostNoticeShown) addNotice(s, 'Reconnected.', 'ok');
     s.wasConnected = true;
@@ -179,8 +175,10 @@ async function join(name, room) {
   });
   client.on('disconnected', (ctx) => onDisconnected(s, ctx || {}));
   client.on('error', (err) => {
-    if (s !== session) return;
-    console.warn('wshub client error', err);
+    // Refused commands and connection trouble are WshubErrors (shown where
+    // they matter); anything else is a bug in this page's callbacks.
+    if (err && err.name === 'WshubError') console.warn('wshub:', err.message, err.code);
+    else setTimeout(() => { throw err; });
   });
 
   showChat(s);
@@ -215,24 +213,28 @@ async function join(name, room) {
       if (s !== session) return;
       ctx = ctx || {};
       if (ctx.position && ctx.position.epoch && !s.epoch) s.epoch = ctx.position.epoch;
-      if (!ctx.resubscribed) {
-        loadHistory(s, false);
-      } else if (ctx.recovered) {
-        // the missed publications arrive through onPublication
-      }
+      // First subscribe: load the latest history. A resubscribe after a
+      // reconnect delivers what was missed through onPublication (or calls
+      // onUnrecoverable). Either way, who is here may have changed.
+      if (!ctx.resubscribed) loadHistory(s, false);
       loadPresence(s);
     },
     onUnrecoverable: (ctx) => {
       if (s !== session) return;
+      // Too much was missed (or the stream restarted): start over from the
+      // history, with a notice where the gap is.
+      const epoch = ctx && ctx.position && ctx.position.epoch ? ctx.position.epoch : null;
+      const seen = s.items.filter((it) => it.offset !== undefined);
+      const gapAfter = epoch && epoch === s.epoch && seen.length ? seen[seen.length - 1].offset + 0.5 : 0;
       resetMessages(s);
-      s.epoch = ctx && ctx.position && ctx.position.epoch ? ctx.position.epoch : null;
-      addNotice(s, 'Some messages could not be recovered while you were away; the latest history was reloaded.', 'warn', 0);
+      s.epoch = epoch;
+      addNotice(s, 'Some messages could not be recovered while you were away; the latest history was reloaded.', 'warn', gapAfter);
       loadHistory(s, true);
     },
     onUnsubscribed: (ctx) => {
       if (s !== session) return;
       const reason = ctx && ctx.reason ? `: ${ctx.reason}` : '';
-      addNotice(s, `You were removed from the room${reason}.`, 'error');
+      addNotice(s, `You are not in this room any more${reason}.`, 'error');
       s.members.clear();
       renderOnline(s);
     },
@@ -312,7 +314,8 @@ function onDisconnected(s, ctx) {
     const why = ctx.reason ? `${ctx.reason}` : 'closed';
     addNotice(s, `Disconnected by the hub (${why}${ctx.code ? `, code ${ctx.code}` : ''}). Reload the page to join again.`, 'error');
     setBadge('disconnected', 'disconnected');
-  } else if (s.wasConnected && !s.lostNoticeShown) {
+  } else if (s.wasConnected && !s.lostNoticeShown && ctx.code !== 4003) {
+    // (4003: the token expired; the reconnect with a fresh one is routine)
     s.lostNoticeShown = true;
     addNotice(s, 'Connection lost — reconnecting…', 'warn');
   }
@@ -361,9 +364,9 @@ function lastKey(s) {
 }
 
 /** Inserts `li` with sort key `key`, keeping the list sorted. */
-function insertItem(s, li, key) {
+function insertItem(s, li, key, extra = {}) {
   const stick = isNearBottom();
-  const item = { key, li };
+  const item = { key, li, ...extra };
   let i = s.items.length;
   while (i > 0 && s.items[i - 1].key > key) i--;
   s.items.splice(i, 0, item);
@@ -374,9 +377,25 @@ function insertItem(s, li, key) {
     old.li.remove();
     if (old.offset !== undefined) s.offsets.delete(old.offset);
   }
+  const at = s.items.indexOf(item);
+  regroup(s, at);
+  regroup(s, at + 1);
   updateEmpty(s);
   if (stick) scrollToBottom();
   return item;
+}
+
+/** A message right after one of the same sender (within 5 minutes) drops its header. */
+function regroup(s, i) {
+  const item = s.items[i];
+  if (!item || item.offset === undefined) return;
+  const prev = s.items[i - 1];
+  const cont =
+    !!prev &&
+    prev.offset !== undefined &&
+    prev.group === item.group &&
+    (item.ts == null || prev.ts == null || Math.abs(item.ts - prev.ts) < 5 * 60 * 1000);
+  item.li.classList.toggle('msg-cont', cont);
 }
 
 /** Shows a publication; `live` ones without a `ts` get the time they arrived. */
@@ -397,7 +416,7 @@ function addMessage(s, pub, live = true) {
   if (data && typeof data === 'object' && typeof data.text === 'string') text = data.text;
   else if (typeof data === 'string') text = data;
   else text = JSON.stringify(data);
-  const own = !!fromUser && fromUser === s.user;
+  const own = !!fromUser && s.myUsers.has(fromUser);
 
   const li = document.createElement('li');
   li.className = 'msg' + (own ? ' msg-own' : '') + (isServer ? ' msg-server' : '');
@@ -421,8 +440,10 @@ function addMessage(s, pub, live = true) {
   nameEl.textContent = name;
   nameEl.title = fromUser || 'published by a backend';
   meta.append(nameEl);
-  const ts = data && typeof data === 'object' && typeof data.ts === 'number' ? new Date(data.ts) : live ? new Date() : null;
-  if (ts && !Number.isNaN(ts.getTime())) {
+  let ts = data && typeof data === 'object' && typeof data.ts === 'number' ? new Date(data.ts) : live ? new Date() : null;
+  if (ts && Number.isNaN(ts.getTime())) ts = null;
+  if (ts) {
+    li.title = ts.toLocaleString();
     const time = document.createElement('time');
     time.dateTime = ts.toISOString();
     time.textContent = ts.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
@@ -435,8 +456,7 @@ function addMessage(s, pub, live = true) {
   body.append(meta, textEl);
   li.append(avatar, body);
 
-  const item = insertItem(s, li, offset);
-  item.offset = offset;
+  insertItem(s, li, offset, { offset, group: `${fromUser}|${isServer}|${name}`, ts: ts ? ts.getTime() : null });
 }
 
 function addNotice(s, text, kind = 'info', key) {
@@ -516,7 +536,9 @@ function renderOnline(s) {
     else users.set(key, { user: m.user || '', name, count: 1 });
   }
   const list = [...users.values()].sort((a, b) => {
-    if ((a.user === s.user) !== (b.user === s.user)) return a.user === s.user ? -1 : 1;
+    const am = s.myUsers.has(a.user);
+    const bm = s.myUsers.has(b.user);
+    if (am !== bm) return am ? -1 : 1;
     return a.name.localeCompare(b.name);
   });
   const frag = document.createDocumentFragment();
@@ -534,7 +556,7 @@ function renderOnline(s) {
     name.className = 'online-name';
     name.textContent = u.name;
     li.append(dot, name);
-    if (u.user === s.user) li.append(tag('you'));
+    if (s.myUsers.has(u.user)) li.append(tag('you'));
     if (u.count > 1) li.append(tag(`${u.count} tabs`));
     li.title = u.user;
     frag.append(li);
@@ -566,10 +588,11 @@ function initial(name) {
   return ch ? ch.toUpperCase() : '?';
 }
 
+/** A stable colour (hue in degrees) for a user: FNV-1a of the id. */
 function hue(str) {
-  let h = 0;
-  for (const ch of String(str)) h = (h * 31 + ch.codePointAt(0)) % 360;
-  return h;
+  let h = 0x811c9dc5;
+  for (const ch of String(str)) h = Math.imul(h ^ ch.codePointAt(0), 0x01000193) >>> 0;
+  return h % 360;
 }
 
 function errorText(e) {
