@@ -35,6 +35,9 @@ echo "ok: $(cargo tree -p wshub-proto -e normal --prefix none --locked | sort -u
 step "release build (server, examples, CLI)"
 cargo build --release --workspace --examples --bins --locked
 
+step "micro-benchmarks build (criterion; run them with cargo bench -p wshub-proto)"
+cargo bench -p wshub-proto --no-run --locked
+
 step "unit, property, doc and integration tests"
 cargo test --workspace --locked
 
