@@ -162,6 +162,8 @@ async fn healthz() -> &'static str {
 async fn readyz(State(app): State<App>) -> Response {
     if app.hub.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !app.hub.broker().is_healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker unavailable\n").into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
     }

@@ -397,6 +397,14 @@ pub trait Broker: Send + Sync + 'static {
         &'a self,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>>;
+
+    /// Whether the engine can currently deliver events (e.g. its pub/sub
+    /// connection is up). `/readyz` answers 503 while it is not, so load
+    /// balancers send new clients elsewhere. The in-process engine is always
+    /// healthy.
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }
 
 /// The outcome of [`recover`].

@@ -68,7 +68,9 @@ pub const REDACTED: &str = "<redacted>";
 pub const ENV_PREFIX: &str = "WSHUB_";
 
 /// Sections whose keys can be set from the environment.
-const ENV_SECTIONS: [&str; 7] = ["server", "tls", "limits", "auth", "api", "log", "demo"];
+const ENV_SECTIONS: [&str; 8] = [
+    "server", "tls", "limits", "auth", "api", "log", "demo", "broker",
+];
 
 // ---------------------------------------------------------------------------
 // The configuration types
@@ -94,6 +96,9 @@ pub struct HubConfig {
     pub log: LogConfig,
     /// `[demo]`: the demo chat's token endpoint (off by default).
     pub demo: DemoConfig,
+    /// `[broker]`: where channels live — in this process, or in Redis for a
+    /// cluster of nodes.
+    pub broker: BrokerConfig,
     /// Options of channels without a namespace (no `:` in the name).
     pub default_namespace: NamespaceConfig,
     /// `[namespaces.NAME]`: options of channels `NAME:...`. A channel whose
@@ -358,6 +363,42 @@ impl Default for DemoConfig {
             token_ttl: Duration::from_secs(3600),
         }
     }
+}
+
+/// `[broker]`: the engine behind channels, history and presence.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `memory` (one process, the default) or `redis` (several nodes sharing
+    /// one Redis).
+    pub engine: BrokerEngine,
+    /// The Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for
+    /// TLS). Used by the `redis` engine. Default: `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Prefix of every Redis key and pub/sub channel, so several hubs can
+    /// share one Redis. Default: `wshub`.
+    pub prefix: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            engine: BrokerEngine::Memory,
+            url: "redis://127.0.0.1:6379".to_owned(),
+            prefix: "wshub".to_owned(),
+        }
+    }
+}
+
+/// Which broker engine runs the hub (`broker.engine`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerEngine {
+    /// In this process: one node. The default.
+    #[default]
+    Memory,
+    /// Redis: any number of nodes share channels, history and presence.
+    Redis,
 }
 
 /// Log output format (`log.format`).
@@ -1010,6 +1051,27 @@ impl HubConfig {
                     "the demo signs its tokens with auth.hmac_secret (or hmac_secret_file); set one",
                 ));
             }
+        }
+        if self.broker.engine == BrokerEngine::Redis {
+            let url = self.broker.url.as_str();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    &["broker", "url"],
+                    format!("{url:?} is not a redis:// or rediss:// URL"),
+                ));
+            }
+        }
+        if self.broker.prefix.is_empty()
+            || !self
+                .broker
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+        {
+            return Err(invalid(
+                &["broker", "prefix"],
+                "must be 1 or more of A-Z a-z 0-9 _ - . :",
+            ));
         }
         self.check_namespace(&["default_namespace"], &self.default_namespace)?;
         for (name, ns) in &self.namespaces {
@@ -2253,7 +2315,7 @@ mod tests {
         assert_eq!(
             parse_err("# comment\n\nlimtis = 1"),
             "wshub.toml line 3: unknown key `limtis` (expected one of server, tls, limits, \
-             auth, api, log, demo, default_namespace, namespaces)"
+             auth, api, log, demo, broker, default_namespace, namespaces)"
         );
         let e = parse("[limits]\nmax_message_size = 1000\nmax_mesage_size = 1").unwrap_err();
         assert_eq!(e.line, Some(3));
@@ -2706,8 +2768,8 @@ mod tests {
             assert_eq!(keys.get(var).map(|p| key_string(p)), Some(key.to_owned()));
             assert_eq!(env_var_for_key(key).as_deref(), Some(var));
         }
-        // 11 + 3 + 15 + 11 + 1 + 2 + 3 keys; namespaces have none.
-        assert_eq!(keys.len(), 46);
+        // 11 + 3 + 15 + 11 + 1 + 2 + 3 + 3 keys; namespaces have none.
+        assert_eq!(keys.len(), 49);
         // Namespaces have no variables (`WSHUB_DEMO_NAMESPACE` is a demo key).
         assert!(keys
             .keys()
@@ -2922,7 +2984,7 @@ mod tests {
             (
                 "limtis.max_message_size=1",
                 "--set limtis.max_message_size: unknown key `limtis` (expected one of \
-                 server, tls, limits, auth, api, log, demo, default_namespace, namespaces)",
+                 server, tls, limits, auth, api, log, demo, broker, default_namespace, namespaces)",
             ),
             (
                 "limits.max_msg=1",
@@ -3406,7 +3468,7 @@ mod tests {
             });
             assert!(shown, "wshub.example.toml does not show {full}");
         }
-        assert_eq!(env_keys.len(), 46);
+        assert_eq!(env_keys.len(), 49);
 
         // And the docs list no key that does not exist.
         let schema_keys: Vec<(String, String)> = all
