@@ -1,5 +1,6 @@
 //! `wshub serve` (also what a bare `wshub` runs): the hub on the embedded
-//! in-memory broker — WebSocket clients speaking `wshub.v1`, the HTTP API,
+//! in-memory broker, or on Redis for a cluster (`[broker] engine = "redis"`) —
+//! WebSocket clients speaking `wshub.v1`, the HTTP API,
 //! health and metrics, all on one port; optional TLS with certificate reload
 //! on file change or SIGHUP; graceful drain on SIGTERM or Ctrl-C.
 
@@ -7,9 +8,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use wshub::hub::config::{HubConfig, LogFormat};
+use wshub::hub::broker::Broker;
+use wshub::hub::config::{BrokerEngine, HubConfig, LogFormat};
 use wshub::hub::memory::{MemoryBroker, MemoryBrokerConfig};
 use wshub::hub::Hub;
+use wshub_redis::{RedisBroker, RedisBrokerConfig};
 
 use crate::settings::ConfigArgs;
 
@@ -52,7 +55,18 @@ fn init_logging(config: &HubConfig) -> anyhow::Result<()> {
 
 async fn serve(loaded: crate::settings::Loaded) -> anyhow::Result<()> {
     let config = loaded.config;
-    let broker = Arc::new(MemoryBroker::new(MemoryBrokerConfig::default()));
+    let broker: Arc<dyn Broker> = match config.broker.engine {
+        BrokerEngine::Redis => {
+            let mut rc = RedisBrokerConfig::new(&config.broker.url);
+            rc.prefix = config.broker.prefix.clone();
+            let redis = RedisBroker::connect(rc)
+                .await
+                .with_context(|| format!("cannot connect to Redis at {}", config.broker.url))?;
+            tracing::info!(url = %config.broker.url, prefix = %config.broker.prefix, "broker: redis");
+            Arc::new(redis)
+        }
+        _ => Arc::new(MemoryBroker::new(MemoryBrokerConfig::default())),
+    };
     let hub = Hub::new(config.clone(), broker, &loaded.base_dir).context("cannot start the hub")?;
     let tls = match &config.tls {
         Some(tls) => {

@@ -251,15 +251,23 @@ pub enum BrokerEvent {
         /// Who left.
         member: ClientInfo,
     },
+    /// The engine's event stream was interrupted and is back (e.g. Redis
+    /// reconnected and the node resubscribed): events of that time may be
+    /// lost. The hub compares each of its channels' last delivered position
+    /// with the stream's and tells subscribers to resubscribe where they
+    /// differ. The in-process engine never sends it.
+    Resynced,
 }
 
 impl BrokerEvent {
-    /// The channel the event is about.
+    /// The channel the event is about (empty for [`BrokerEvent::Resynced`],
+    /// which is about every channel).
     pub fn channel(&self) -> &str {
         match self {
             BrokerEvent::Publication { channel, .. }
             | BrokerEvent::Join { channel, .. }
             | BrokerEvent::Leave { channel, .. } => channel,
+            BrokerEvent::Resynced => "",
         }
     }
 }

@@ -637,26 +637,7 @@ impl Hub {
                             epoch
                         );
                         tracing::warn!(%channel, %gap, "stream gap: subscribers must resubscribe");
-                        let push = Push::Unsub {
-                            channel: channel.clone(),
-                            code: ErrorCode::UnrecoverablePosition,
-                            reason: "stream interrupted".into(),
-                            resubscribe: true,
-                        };
-                        let msg = Arc::new(PreparedMessage::new(&Message::from(push.to_json())));
-                        for sub in ch.subscribers.values() {
-                            let _ = sub.ws.send_prepared(&msg);
-                            self.notify_unsubscribed(sub.ws.id(), &channel);
-                        }
-                        shard.remove(&channel);
-                        self.channel_removed();
-                        let hub = self.clone();
-                        tokio::spawn(async move {
-                            let _stripe = hub.stripe(&channel).lock().await;
-                            if !lock(hub.shard(&channel)).contains_key(&channel) {
-                                let _ = hub.inner.broker.unsubscribe(&channel).await;
-                            }
-                        });
+                        self.drop_channel(&mut shard, &channel);
                         return;
                     }
                 }
@@ -690,6 +671,10 @@ impl Hub {
                     }
                 }
                 self.inner.metrics.messages_sent(sent, sent * len);
+            }
+            BrokerEvent::Resynced => {
+                let hub = self.clone();
+                tokio::spawn(async move { hub.resync().await });
             }
             other => {
                 let (channel, member, push) = match other {
@@ -753,6 +738,77 @@ impl Hub {
             }
             Err(_) => false,
         }
+    }
+
+    /// Ends every local subscription of `channel` after a gap in its stream:
+    /// an `unsub` push (111, resubscribe) to each subscriber, the channel
+    /// removed, and the node's broker subscription dropped (in a task; the
+    /// caller holds the shard lock).
+    fn drop_channel(&self, shard: &mut HashMap<String, Channel>, channel: &str) {
+        let Some(ch) = shard.remove(channel) else {
+            return;
+        };
+        self.channel_removed();
+        let push = Push::Unsub {
+            channel: channel.to_owned(),
+            code: ErrorCode::UnrecoverablePosition,
+            reason: "stream interrupted".into(),
+            resubscribe: true,
+        };
+        let msg = Arc::new(PreparedMessage::new(&Message::from(push.to_json())));
+        for sub in ch.subscribers.values() {
+            let _ = sub.ws.send_prepared(&msg);
+            self.notify_unsubscribed(sub.ws.id(), channel);
+        }
+        let hub = self.clone();
+        let channel = channel.to_owned();
+        tokio::spawn(async move {
+            let _stripe = hub.stripe(&channel).lock().await;
+            if !lock(hub.shard(&channel)).contains_key(&channel) {
+                let _ = hub.inner.broker.unsubscribe(&channel).await;
+            }
+        });
+    }
+
+    /// After [`BrokerEvent::Resynced`]: compares every local channel's last
+    /// delivered position with its stream and drops (111, resubscribe) the
+    /// channels whose stream moved on or changed epoch meanwhile.
+    async fn resync(&self) {
+        let mut known: Vec<(String, StreamPosition)> = Vec::new();
+        for shard in self.inner.shards.iter() {
+            for (name, ch) in lock(shard).iter() {
+                if let Some(last) = &ch.last {
+                    known.push((name.clone(), last.clone()));
+                }
+            }
+        }
+        let mut dropped = 0usize;
+        for (channel, last) in known {
+            let filter = HistoryFilter {
+                since: None,
+                limit: Some(0),
+            };
+            let current = match self.inner.broker.history(&channel, filter).await {
+                Ok(h) => h.position,
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "resync: cannot read the stream position");
+                    continue;
+                }
+            };
+            let mut shard = lock(self.shard(&channel));
+            let still = shard
+                .get(&channel)
+                .and_then(|ch| ch.last.as_ref())
+                .is_some_and(|l| *l == last);
+            if still && current != last {
+                self.drop_channel(&mut shard, &channel);
+                dropped += 1;
+            }
+        }
+        tracing::info!(
+            dropped,
+            "broker resynced: channels with missed events told to resubscribe"
+        );
     }
 
     /// Tells a session that the hub dropped its subscription to `channel`

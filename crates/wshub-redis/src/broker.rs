@@ -1,0 +1,449 @@
+//! [`RedisBroker`]: the [`Broker`] of a cluster of hub nodes sharing one Redis.
+//!
+//! Commands (the Lua scripts of the `scripts` module) run on a
+//! multiplexed [`ConnectionManager`], which reconnects by itself after a
+//! failed command; events arrive on the separate pub/sub connection of
+//! the `pubsub` module, which this crate reconnects and resubscribes
+//! itself.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, RedisError, Value};
+use tokio::task::JoinHandle;
+use wshub::hub::broker::{
+    BoxFuture, Broker, BrokerError, EventSink, HistoryFilter, HistoryResult, PresenceStats,
+    PublishOptions, StreamPosition,
+};
+use wshub::hub::protocol::ClientInfo;
+
+use crate::codec;
+use crate::config::{broker_error, RedisBrokerConfig};
+use crate::pubsub::{self, Subscriber};
+use crate::scripts::Scripts;
+
+/// The Redis [`Broker`]. See the [crate docs](crate).
+///
+/// Cheap to share behind an `Arc`; dropping it stops its pub/sub task.
+pub struct RedisBroker {
+    config: RedisBrokerConfig,
+    commands: ConnectionManager,
+    scripts: Scripts,
+    subscriber: Arc<Subscriber>,
+    reader: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("prefix", &self.config.prefix)
+            .field("healthy", &self.is_healthy())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl RedisBroker {
+    /// Connects to Redis: opens the command connection and the pub/sub
+    /// connection and starts the task that reads the latter. Must be called
+    /// inside a tokio runtime.
+    ///
+    /// Fails with [`BrokerError::Internal`] for an invalid URL and
+    /// [`BrokerError::Unavailable`] or [`BrokerError::Timeout`] when Redis
+    /// cannot be reached (later outages are survived by reconnecting).
+    pub async fn connect(config: RedisBrokerConfig) -> Result<RedisBroker, BrokerError> {
+        let client = Client::open(config.url.as_str())
+            .map_err(|e| BrokerError::Internal(format!("invalid redis url: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(config.connect_timeout)
+            .set_response_timeout(config.command_timeout)
+            .set_number_of_retries(1);
+        let commands = tokio::time::timeout(
+            config.connect_timeout,
+            client.get_connection_manager_with_config(manager_config),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout)?
+        .map_err(broker_error)?;
+        let subscriber = Arc::new(Subscriber::new(&config));
+        let first = pubsub::connect(&client, config.connect_timeout).await?;
+        let reader = pubsub::start(Arc::clone(&subscriber), client, first, &config).await?;
+        Ok(RedisBroker {
+            config,
+            commands,
+            scripts: Scripts::new(),
+            subscriber,
+            reader,
+        })
+    }
+
+    /// Whether the pub/sub connection is up (for `/readyz`): while it is
+    /// down, this node receives no events of other nodes.
+    pub fn is_healthy(&self) -> bool {
+        self.subscriber.is_healthy()
+    }
+
+    /// The settings this broker was connected with.
+    pub fn config(&self) -> &RedisBrokerConfig {
+        &self.config
+    }
+
+    fn key(&self, channel: &str, suffix: &str) -> String {
+        format!("{}:{{{channel}}}:{suffix}", self.config.prefix)
+    }
+
+    async fn publish_now(
+        &self,
+        channel: &str,
+        data: Bytes,
+        opts: PublishOptions,
+    ) -> Result<StreamPosition, BrokerError> {
+        let keeps_history = opts.keeps_history();
+        let (history_size, history_ttl) = if keeps_history {
+            (opts.history_size, millis(opts.history_ttl))
+        } else {
+            (0, 0)
+        };
+        let (idem_key, idem_ttl) = match &opts.idempotency_key {
+            Some(key) if !opts.idempotency_ttl.is_zero() => (
+                self.key(channel, &format!("idem:{key}")),
+                millis(opts.idempotency_ttl),
+            ),
+            _ => (self.key(channel, "idem"), 0),
+        };
+        let body = codec::encode_body(&data, opts.info, opts.tags, opts.audience)
+            .map_err(|e| BrokerError::Internal(format!("encoding publication: {e}")))?;
+        let reply: Vec<String> = self
+            .scripts
+            .publish
+            .key(self.key(channel, "meta"))
+            .key(self.key(channel, "stream"))
+            .key(idem_key)
+            .arg(self.subscriber.redis_channel(channel))
+            .arg(body)
+            .arg(new_epoch())
+            .arg(millis(self.config.history_meta_ttl).max(1))
+            .arg(history_size)
+            .arg(history_ttl)
+            .arg(idem_ttl)
+            .invoke_async(&mut self.commands.clone())
+            .await
+            .map_err(broker_error)?;
+        match reply.as_slice() {
+            [epoch, offset] => Ok(StreamPosition {
+                offset: codec::parse_offset(offset.as_bytes())
+                    .ok_or_else(|| bad_reply("offset"))?,
+                epoch: epoch.clone(),
+            }),
+            _ => Err(bad_reply("publish")),
+        }
+    }
+
+    async fn history_now(
+        &self,
+        channel: &str,
+        filter: HistoryFilter,
+    ) -> Result<HistoryResult, BrokerError> {
+        let (since_id, since_epoch) = match &filter.since {
+            Some(since) => (
+                format!("{}-0", since.offset.saturating_add(1)),
+                since.epoch.clone(),
+            ),
+            None => (String::new(), String::new()),
+        };
+        let limit: i64 = filter
+            .limit
+            .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+        let (meta, stream) = (self.key(channel, "meta"), self.key(channel, "stream"));
+        let meta_ttl = millis(self.config.history_meta_ttl).max(1);
+        let reply: Vec<Value> = retry_once(|| {
+            let mut invocation = self.scripts.history.key(&meta);
+            invocation
+                .key(&stream)
+                .arg(new_epoch())
+                .arg(meta_ttl)
+                .arg(&since_id)
+                .arg(&since_epoch)
+                .arg(limit);
+            let mut con = self.commands.clone();
+            async move { invocation.invoke_async(&mut con).await }
+        })
+        .await?;
+        let mut items = reply.iter().map(bulk);
+        let epoch = items.next().flatten().ok_or_else(|| bad_reply("epoch"))?;
+        let offset = items
+            .next()
+            .flatten()
+            .and_then(codec::parse_offset)
+            .ok_or_else(|| bad_reply("offset"))?;
+        let mut publications = Vec::with_capacity(reply.len().saturating_sub(2) / 2);
+        while let Some(id) = items.next() {
+            let id = id.and_then(codec::parse_offset);
+            let body = items.next().flatten();
+            let (Some(id), Some(body)) = (id, body) else {
+                return Err(bad_reply("history entry"));
+            };
+            publications.push(
+                codec::decode_body(id, body)
+                    .map_err(|e| BrokerError::Internal(format!("stored publication: {e}")))?,
+            );
+        }
+        publications.sort_by_key(|p| p.offset);
+        Ok(HistoryResult {
+            publications,
+            position: StreamPosition {
+                offset,
+                epoch: String::from_utf8_lossy(epoch).into_owned(),
+            },
+        })
+    }
+
+    async fn add_presence_now(
+        &self,
+        channel: &str,
+        member: ClientInfo,
+        ttl: Duration,
+        join_leave: bool,
+    ) -> Result<(), BrokerError> {
+        let json = serde_json::to_vec(&member)
+            .map_err(|e| BrokerError::Internal(format!("encoding presence: {e}")))?;
+        let events = if join_leave {
+            self.subscriber.redis_channel(channel)
+        } else {
+            String::new()
+        };
+        let _joined: i64 = self
+            .scripts
+            .add_presence
+            .key(self.key(channel, "presence"))
+            .key(self.key(channel, "presence:exp"))
+            .arg(&member.client)
+            .arg(json)
+            .arg(millis(ttl).max(1))
+            .arg(events)
+            .invoke_async(&mut self.commands.clone())
+            .await
+            .map_err(broker_error)?;
+        Ok(())
+    }
+
+    async fn remove_presence_now(
+        &self,
+        channel: &str,
+        client: &str,
+        join_leave: bool,
+    ) -> Result<(), BrokerError> {
+        let events = if join_leave {
+            self.subscriber.redis_channel(channel)
+        } else {
+            String::new()
+        };
+        let _removed: i64 = self
+            .scripts
+            .remove_presence
+            .key(self.key(channel, "presence"))
+            .key(self.key(channel, "presence:exp"))
+            .arg(client)
+            .arg(events)
+            .invoke_async(&mut self.commands.clone())
+            .await
+            .map_err(broker_error)?;
+        Ok(())
+    }
+
+    async fn presence_now(
+        &self,
+        channel: &str,
+    ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
+        let (members, expiry) = (
+            self.key(channel, "presence"),
+            self.key(channel, "presence:exp"),
+        );
+        let reply: HashMap<String, Vec<u8>> = retry_once(|| {
+            let mut invocation = self.scripts.presence.key(&members);
+            invocation.key(&expiry);
+            let mut con = self.commands.clone();
+            async move { invocation.invoke_async(&mut con).await }
+        })
+        .await?;
+        reply
+            .into_iter()
+            .map(|(client, json)| {
+                serde_json::from_slice(&json)
+                    .map(|member| (client, member))
+                    .map_err(|e| BrokerError::Internal(format!("stored presence: {e}")))
+            })
+            .collect()
+    }
+}
+
+impl Broker for RedisBroker {
+    fn set_sink(&self, sink: Arc<dyn EventSink>) {
+        self.subscriber.set_sink(sink);
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        data: Bytes,
+        opts: PublishOptions,
+    ) -> BoxFuture<'a, Result<StreamPosition, BrokerError>> {
+        Box::pin(self.publish_now(channel, data, opts))
+    }
+
+    fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.subscriber.subscribe(channel))
+    }
+
+    fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.subscriber.unsubscribe(channel).await;
+            Ok(())
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        filter: HistoryFilter,
+    ) -> BoxFuture<'a, Result<HistoryResult, BrokerError>> {
+        Box::pin(self.history_now(channel, filter))
+    }
+
+    fn remove_history<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let stream = self.key(channel, "stream");
+            retry_once(|| {
+                let mut con = self.commands.clone();
+                let mut del = redis::cmd("DEL");
+                del.arg(&stream);
+                async move { del.query_async::<()>(&mut con).await }
+            })
+            .await
+        })
+    }
+
+    fn add_presence<'a>(
+        &'a self,
+        channel: &'a str,
+        member: ClientInfo,
+        ttl: Duration,
+        join_leave: bool,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.add_presence_now(channel, member, ttl, join_leave))
+    }
+
+    fn remove_presence<'a>(
+        &'a self,
+        channel: &'a str,
+        client: &'a str,
+        join_leave: bool,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.remove_presence_now(channel, client, join_leave))
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<HashMap<String, ClientInfo>, BrokerError>> {
+        Box::pin(self.presence_now(channel))
+    }
+
+    fn presence_stats<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>> {
+        Box::pin(async move {
+            let members = self.presence_now(channel).await?;
+            let users: HashSet<&str> = members.values().map(|m| m.user.as_str()).collect();
+            Ok(PresenceStats {
+                clients: members.len(),
+                users: users.len(),
+            })
+        })
+    }
+
+    fn is_healthy(&self) -> bool {
+        RedisBroker::is_healthy(self)
+    }
+}
+
+/// Runs `op`, and once more if it failed because the command connection was
+/// found dead: the [`ConnectionManager`] only notices a lost connection when
+/// a command fails on it, and reconnects for the next one. Only for
+/// operations that are safe to repeat (reads, deletions); a publish is not
+/// retried here, its caller retries with an idempotency key.
+async fn retry_once<T, F, Fut>(mut op: F) -> Result<T, BrokerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RedisError>>,
+{
+    match op().await {
+        Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+            tracing::debug!(error = %e, "redis command failed; retrying once");
+            op().await.map_err(broker_error)
+        }
+        other => other.map_err(broker_error),
+    }
+}
+
+/// A duration in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The bytes of a bulk-string reply element.
+fn bulk(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn bad_reply(what: &str) -> BrokerError {
+    BrokerError::Internal(format!("unexpected redis reply ({what})"))
+}
+
+/// A candidate epoch for a channel that has none: 12 characters of base 32
+/// (60 random bits), the same shape as the in-memory broker's. It is only
+/// used when the script finds no epoch, so concurrent publishers racing to
+/// create one agree on the first writer's.
+fn new_epoch() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut bits = fastrand::u64(..)
+        ^ u64::from(nanos).rotate_left(32)
+        ^ COUNTER.fetch_add(1, Ordering::Relaxed);
+    (0..12)
+        .map(|_| {
+            let c = ALPHABET[(bits & 31) as usize];
+            bits >>= 5;
+            char::from(c)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_differ() {
+        let epochs: HashSet<String> = (0..1000).map(|_| new_epoch()).collect();
+        assert_eq!(epochs.len(), 1000);
+        assert!(epochs.iter().all(|e| e.len() == 12 && e.is_ascii()));
+    }
+}
