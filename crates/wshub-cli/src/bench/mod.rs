@@ -1,0 +1,210 @@
+//! `wshub bench`: a load generator on wshub's own client (the client role of
+//! the protocol core), for loopback targets only.
+//!
+//! Modes: `echo` (N connections × W messages in flight), `fanout` (one sender,
+//! R receivers of a relay server), `hub` (`wshub.v1` subscribers, publications
+//! through the HTTP API or a client) and `idle` (N idle connections, to measure
+//! the server's memory per connection).
+//!
+//! Every mode checks every payload byte for byte, shows a progress line on
+//! stderr, prints a summary table on stdout, and can write the summary as JSON
+//! (`--json`) and a latency histogram and throughput-over-time chart as SVG
+//! (`--svg`). The generator keeps its own cost low so that it is not what limits
+//! the figures: payloads are written into one reused buffer (no allocation per
+//! message), received payloads are compared in place, latencies go into a
+//! fixed-size lock-free histogram, and the client drivers batch all queued
+//! frames into one vectored write.
+//!
+//! Layout: [`payload`] (message formats and checks), [`stats`] (histogram,
+//! sequence tracking, progress, report, SVG), one file per mode.
+
+mod echo;
+mod fanout;
+mod hub;
+mod idle;
+mod payload;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+
+/// `wshub bench` modes.
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Echo load: N connections × W messages in flight.
+    Echo(echo::EchoArgs),
+    /// Fan-out: one sender and R receivers against a server that relays each
+    /// message to all other clients (e.g. the `broadcast` example).
+    Fanout(fanout::FanoutArgs),
+    /// Hub load: `wshub.v1` subscribers on channels, publications through the
+    /// HTTP API or a client connection.
+    Hub(hub::HubArgs),
+    /// Hold N idle connections (server memory per connection).
+    Idle(idle::IdleArgs),
+}
+
+/// Options every mode has.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct CommonArgs {
+    /// Write the summary as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw the latency histogram and throughput over time as SVG to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// PID of the server process (Linux): report its CPU time per message (or
+    /// its memory, for `idle`), read from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// No progress line on stderr.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Runtime threads of the generator (1 = a single-threaded runtime).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    let threads = match &cmd {
+        BenchCommand::Echo(a) => a.common.threads,
+        BenchCommand::Fanout(a) => a.common.threads,
+        BenchCommand::Hub(a) => a.common.threads,
+        BenchCommand::Idle(a) => a.common.threads,
+    };
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .context("starting the tokio runtime")?;
+    match cmd {
+        BenchCommand::Echo(args) => runtime.block_on(echo::run(args)),
+        BenchCommand::Fanout(args) => runtime.block_on(fanout::run(args)),
+        BenchCommand::Hub(args) => runtime.block_on(hub::run(args)),
+        BenchCommand::Idle(args) => runtime.block_on(idle::run(args)),
+    }
+}
+
+/// Refuses any target but loopback (127.0.0.0/8, ::1, localhost): a load
+/// generator must not be pointed at someone else's server by accident.
+pub(crate) fn check_loopback(url: &str) -> anyhow::Result<()> {
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', '?']).next())
+        .unwrap_or("");
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host = if host.starts_with('[') {
+        host.split_once(']').map_or(host, |(h, _)| h)
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ok = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !ok {
+        bail!("refusing to load-test {host:?}: only loopback targets are allowed");
+    }
+    Ok(())
+}
+
+/// CPU time (user + system) of process `pid`, from /proc/PID/stat.
+pub(crate) fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 14th
+    // and 15th fields of the line, in clock ticks.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("unexpected /proc stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .context("unexpected /proc stat format")
+    };
+    let total = ticks(11)? + ticks(12)?;
+    // CLK_TCK is 100 on every Linux this runs on.
+    Ok(Duration::from_millis(total * 10))
+}
+
+/// Resident memory of process `pid` in bytes (VmRSS of /proc/PID/status).
+pub(crate) fn process_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS in /proc status")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .context("unexpected VmRSS format")?;
+    Ok(kb * 1024)
+}
+
+/// Server CPU over a measured window: start it, then `finish` with the count
+/// of messages to divide by.
+pub(crate) struct CpuProbe {
+    pid: Option<u32>,
+    before: Option<Duration>,
+}
+
+impl CpuProbe {
+    pub(crate) fn start(pid: Option<u32>) -> anyhow::Result<CpuProbe> {
+        let before = pid.map(process_cpu).transpose()?;
+        Ok(CpuProbe { pid, before })
+    }
+
+    /// Microseconds of server CPU per message, if a PID was given.
+    pub(crate) fn finish(&self, messages: u64) -> anyhow::Result<Option<f64>> {
+        match (self.pid, self.before) {
+            (Some(pid), Some(b)) => {
+                let used = process_cpu(pid)?.saturating_sub(b);
+                Ok(Some(used.as_secs_f64() * 1e6 / messages.max(1) as f64))
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_loopback;
+
+    #[test]
+    fn only_loopback_targets() {
+        for ok in [
+            "ws://127.0.0.1:9001/",
+            "ws://127.8.9.1/x",
+            "ws://localhost:80",
+            "ws://[::1]:9000/",
+            "http://127.0.0.1:8080",
+        ] {
+            assert!(check_loopback(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ws://10.0.0.1:9001/",
+            "ws://example.com/",
+            "ws://[::2]:9000/",
+            "ws://127.0.0.1@evil.example/",
+            "http://192.168.1.1:8080",
+            "nonsense",
+        ] {
+            assert!(check_loopback(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! `wshub bench` end to end: each mode runs briefly, as a real process, against
+//! a server started in the test — a relay (every message to all other clients)
+//! for `fanout`, an echo server for `echo` and `idle`, and a hub on the
+//! in-memory broker for `hub` — and its `--json` summary must show traffic and
+//! no lost, duplicate or out-of-order message. A non-loopback target is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::process::Command;
+use tokio::sync::oneshot;
+use wshub::hub::config::{Access, HubConfig, NamespaceConfig};
+use wshub::hub::memory::{MemoryBroker, MemoryBrokerConfig};
+use wshub::hub::Hub;
+use wshub::{Config, Server};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wshub");
+const SECRET: &str = "bench-test-secret-that-is-32-bytes-long!";
+const API_KEY: &str = "bench-test-api-key";
+
+/// A server that stops when dropped.
+struct Running {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn bind() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// A relay server: like the `broadcast` example (or echo, when `echo`).
+async fn server(echo: bool) -> Running {
+    let (listener, addr) = bind().await;
+    let server = Server::new(Config::default());
+    let clients = server.clients().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let handler = move |mut ws: wshub::WebSocket| {
+            let clients = clients.clone();
+            async move {
+                while let Some(data) = ws.recv().await {
+                    if echo {
+                        let _ = ws.send(data);
+                    } else {
+                        clients.broadcast_except(ws.id(), data);
+                    }
+                }
+            }
+        };
+        let _ = server
+            .serve(listener, handler, async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Running { addr, _stop: tx }
+}
+
+/// A hub with a `bench` namespace that users may publish to.
+async fn hub() -> Running {
+    let mut c = HubConfig::default();
+    c.auth.hmac_secret = Some(SECRET.into());
+    c.api.key = Some(API_KEY.into());
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.server.drain_jitter = Duration::ZERO;
+    // The defaults: authenticated users may subscribe and publish.
+    let ns = NamespaceConfig::default();
+    assert_eq!(ns.publish, Access::Users);
+    c.namespaces.insert("bench".into(), ns);
+    let (listener, addr) = bind().await;
+    let broker = Arc::new(MemoryBroker::new(MemoryBrokerConfig::default()));
+    let hub = Hub::new(c, broker, Path::new(".")).unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = hub
+            .serve(listener, None, async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Running { addr, _stop: tx }
+}
+
+fn temp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wshub-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Runs `wshub bench ARGS --json FILE -q`; returns the exit status, the
+/// output, and the JSON (when written).
+async fn bench(name: &str, args: &[&str]) -> (bool, String, Option<Value>) {
+    let json = temp(&format!("{name}.json"));
+    let _ = std::fs::remove_file(&json);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        Command::new(BIN)
+            .arg("bench")
+            .args(args)
+            .arg("--json")
+            .arg(&json)
+            .arg("-q")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the bench did not finish within 60 s")
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = std::fs::read_to_string(&json)
+        .ok()
+        .map(|s| serde_json::from_str(&s).unwrap());
+    (out.status.success(), text, value)
+}
+
+fn assert_clean(v: &Value, deliveries: &str) {
+    assert!(v[deliveries].as_u64().unwrap() > 0, "no traffic: {v}");
+    for k in ["lost", "duplicates", "out_of_order", "errors"] {
+        assert_eq!(v[k], 0, "{k} in {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fanout_to_relay_receivers() {
+    let s = server(false).await;
+    let url = format!("ws://{}/", s.addr);
+    let svg = temp("fanout.svg");
+    let (ok, out, v) = bench(
+        "fanout",
+        &[
+            "fanout",
+            &url,
+            "-r",
+            "5",
+            "--rate",
+            "500",
+            "-d",
+            "1",
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let v = v.unwrap();
+    assert_clean(&v, "deliveries");
+    assert_eq!(v["mode"], "fanout");
+    assert_eq!(v["deliveries"], v["sent"].as_u64().unwrap() * 5, "{v}");
+    assert!(v["p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(out.contains("deliveries per second"), "{out}");
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("<polyline"),
+        "{svg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fanout_with_a_window_and_binary() {
+    let s = server(false).await;
+    let url = format!("ws://{}/", s.addr);
+    let (ok, out, v) = bench(
+        "fanout-window",
+        &[
+            "fanout", &url, "-r", "3", "-w", "8", "--binary", "-s", "200", "-d", "1",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert_clean(&v.unwrap(), "deliveries");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn echo_checks_every_byte() {
+    let s = server(true).await;
+    let url = format!("ws://{}/", s.addr);
+    let (ok, out, v) = bench("echo", &["echo", &url, "-c", "4", "-w", "4", "-d", "1"]).await;
+    assert!(ok, "{out}");
+    let v = v.unwrap();
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["errors"], 0);
+    // The fields bench/echo-vs-ws.sh reads.
+    for k in ["msg_per_sec", "p50_ms", "p99_ms", "server_cpu_us_per_msg"] {
+        assert!(v.get(k).is_some(), "{k} missing in {v}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_via_the_http_api() {
+    let h = hub().await;
+    let url = format!("http://{}", h.addr);
+    let (ok, out, v) = bench(
+        "hub-api",
+        &[
+            "hub",
+            &url,
+            "--api-key",
+            API_KEY,
+            "--hmac-secret",
+            SECRET,
+            "-c",
+            "6",
+            "--channels",
+            "3",
+            "--rate",
+            "300",
+            "-d",
+            "1",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let v = v.unwrap();
+    assert_clean(&v, "deliveries");
+    assert_eq!(v["publish_errors"], 0);
+    assert_eq!(v["offset_gaps"], 0);
+    // Each publication reaches the two subscribers of its channel.
+    assert_eq!(v["deliveries"], v["published"].as_u64().unwrap() * 2, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_via_clients() {
+    let h = hub().await;
+    let url = format!("http://{}", h.addr);
+    let (ok, out, v) = bench(
+        "hub-client",
+        &[
+            "hub",
+            &url,
+            "--via",
+            "client",
+            "--hmac-secret",
+            SECRET,
+            "-c",
+            "4",
+            "--channels",
+            "2",
+            "--rate",
+            "100",
+            "-d",
+            "1",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let v = v.unwrap();
+    assert_clean(&v, "deliveries");
+    assert_eq!(v["offset_gaps"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_from_spread_sources() {
+    let s = server(true).await;
+    let url = format!("ws://{}/", s.addr);
+    let pid = std::process::id().to_string();
+    let (ok, out, v) = bench(
+        "idle",
+        &[
+            "idle",
+            &url,
+            "-c",
+            "300",
+            "--hold",
+            "1",
+            "--server-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let v = v.unwrap();
+    assert_eq!(v["opened"], 300, "{v}");
+    assert_eq!(v["failed"], 0);
+    assert_eq!(v["dropped"], 0);
+    assert_eq!(v["spread_sources"], true);
+    assert!(v["server_rss_open"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[tokio::test]
+async fn non_loopback_targets_are_refused() {
+    for args in [
+        vec!["echo", "ws://192.0.2.1:9/"],
+        vec!["fanout", "ws://example.com/"],
+        vec!["hub", "http://10.1.2.3:8080", "--api-key", "k"],
+        vec!["idle", "ws://[2001:db8::1]:80/"],
+    ] {
+        let (ok, out, v) = bench("refused", &args).await;
+        assert!(!ok, "{args:?} was accepted: {out}");
+        assert!(out.contains("only loopback targets"), "{out}");
+        assert!(v.is_none());
+    }
+}
