@@ -60,6 +60,7 @@ pub struct ClientBuilder {
     pong_timeout: Duration,
     connect_timeout: Duration,
     max_queue_bytes: usize,
+    local_ip: Option<std::net::IpAddr>,
     #[cfg(feature = "tls")]
     tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -75,6 +76,7 @@ impl Default for ClientBuilder {
             pong_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             max_queue_bytes: 16 << 20,
+            local_ip: None,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -148,6 +150,14 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects from this local address (e.g. `127.0.0.7`, to look like
+    /// another client behind a proxy, or to spread many connections over
+    /// source addresses). Default: chosen by the OS.
+    pub fn local_ip(mut self, ip: std::net::IpAddr) -> Self {
+        self.local_ip = Some(ip);
+        self
+    }
+
     /// Connects to `url` and completes the upgrade handshake.
     pub async fn connect(&self, url: &str) -> Result<WebSocket, ConnectError> {
         tokio::time::timeout(self.connect_timeout, self.connect_inner(url))
@@ -157,7 +167,27 @@ impl ClientBuilder {
 
     async fn connect_inner(&self, url: &str) -> Result<WebSocket, ConnectError> {
         let target = Target::parse(url)?;
-        let tcp = TcpStream::connect((target.host.as_str(), target.port)).await?;
+        let tcp = match self.local_ip {
+            None => TcpStream::connect((target.host.as_str(), target.port)).await?,
+            Some(ip) => {
+                let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
+                    .await?
+                    .find(|a| a.is_ipv4() == ip.is_ipv4())
+                    .ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::AddrNotAvailable,
+                            "no address of the host matches the local address family",
+                        )
+                    })?;
+                let socket = if ip.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let peer = tcp.peer_addr()?;
         if target.secure {

@@ -360,6 +360,7 @@ impl Session {
                 };
                 tracing::debug!(
                     client = %self.client,
+                    client_ip = %self.ws.client_ip(),
                     user = %claims.sub,
                     name = p.name.as_deref().unwrap_or(""),
                     version = p.version.as_deref().unwrap_or(""),
