@@ -16,8 +16,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError, Value};
 use tokio::task::JoinHandle;
 use wshub::hub::broker::{
-    BoxFuture, Broker, BrokerError, EventSink, HistoryFilter, HistoryResult, PresenceStats,
-    PublishOptions, StreamPosition,
+    BoxFuture, Broker, BrokerError, ControlCommand, EventSink, HistoryFilter, HistoryResult,
+    PresenceStats, PublishOptions, StreamPosition,
 };
 use wshub::hub::protocol::ClientInfo;
 
@@ -289,6 +289,21 @@ impl RedisBroker {
 impl Broker for RedisBroker {
     fn set_sink(&self, sink: Arc<dyn EventSink>) {
         self.subscriber.set_sink(sink);
+    }
+
+    fn control<'a>(&'a self, command: ControlCommand) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let payload =
+                serde_json::to_vec(&command).map_err(|e| BrokerError::Internal(e.to_string()))?;
+            let mut conn = self.commands.clone();
+            let _receivers: i64 = redis::cmd("PUBLISH")
+                .arg(&self.subscriber.control_channel)
+                .arg(payload)
+                .query_async(&mut conn)
+                .await
+                .map_err(broker_error)?;
+            Ok(())
+        })
     }
 
     fn publish<'a>(

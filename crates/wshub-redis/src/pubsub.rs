@@ -40,6 +40,9 @@ use crate::config::{broker_error, RedisBrokerConfig};
 pub(crate) struct Subscriber {
     /// The pub/sub channel prefix, `{prefix}:ch:`.
     channel_prefix: String,
+    /// The cross-node control channel, `{prefix}:control`; always
+    /// subscribed.
+    pub(crate) control_channel: String,
     /// Channels (hub names) this node wants events of.
     wanted: Mutex<HashSet<String>>,
     /// The command half of the current connection; `None` while disconnected.
@@ -53,6 +56,7 @@ impl Subscriber {
     pub(crate) fn new(config: &RedisBrokerConfig) -> Subscriber {
         Subscriber {
             channel_prefix: format!("{}:ch:", config.prefix),
+            control_channel: format!("{}:control", config.prefix),
             wanted: Mutex::new(HashSet::new()),
             commands: tokio::sync::Mutex::new(None),
             sink: RwLock::new(None),
@@ -119,8 +123,16 @@ impl Subscriber {
         }
     }
 
-    /// Delivers one pub/sub message if its channel is wanted.
+    /// Delivers one pub/sub message if its channel is wanted (control
+    /// commands always).
     fn handle(&self, redis_channel: &str, payload: &[u8]) {
+        if redis_channel == self.control_channel {
+            match serde_json::from_slice(payload) {
+                Ok(command) => self.deliver(BrokerEvent::Control(command)),
+                Err(e) => tracing::warn!(error = %e, "undecodable control command"),
+            }
+            return;
+        }
         let Some(channel) = redis_channel.strip_prefix(&self.channel_prefix) else {
             return;
         };
@@ -147,6 +159,10 @@ impl Subscriber {
         let (mut sink, stream) = conn.split();
         let mut commands = self.commands.lock().await;
         let channels: Vec<String> = self.wanted().iter().cloned().collect();
+        tokio::time::timeout(self.command_timeout, sink.subscribe(&self.control_channel))
+            .await
+            .map_err(|_| BrokerError::Timeout)?
+            .map_err(broker_error)?;
         for channel in &channels {
             let name = self.redis_channel(channel);
             tokio::time::timeout(self.command_timeout, sink.subscribe(&name))

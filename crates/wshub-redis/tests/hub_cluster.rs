@@ -3,7 +3,8 @@
 //! the same offsets; a client that leaves one node recovers exactly what it
 //! missed on another; presence and join/leave span the nodes; and when Redis
 //! loses its data, subscribers are told to resubscribe (111) and learn that
-//! the gap is not recoverable; `/readyz` goes 503 while Redis is down.
+//! the gap is not recoverable; `/readyz` goes 503 while Redis is down; and
+//! the API's disconnect and unsubscribe reach users on every node.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -105,7 +106,10 @@ impl Client {
     async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next += 1;
         let id = self.next;
-        let cmd = json!({"id": id, "method": method, "params": params});
+        let mut cmd = json!({"id": id, "method": method});
+        if !params.is_null() {
+            cmd["params"] = params;
+        }
         self.ws.send(cmd.to_string()).unwrap();
         loop {
             let f = self.frame().await.expect("connection ended");
@@ -318,4 +322,34 @@ async fn readiness_follows_the_redis_connection() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status, 503, "/readyz stayed ready with Redis down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_and_unsubscribe_reach_users_on_every_node() {
+    let redis = RedisServer::start();
+    let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
+    let mut mallory_a = Client::connect(&a, "mallory").await;
+    let mut mallory_b = Client::connect(&b, "mallory").await;
+    let mut bob = Client::connect(&a, "bob").await;
+    bob.ok("subscribe", json!({"channel": "chat:z"})).await;
+
+    // The API on node C reaches bob's session on node A…
+    let body = json!({"user": "bob", "channel": "chat:z"}).to_string();
+    assert_eq!(http(c.addr, "POST", "/api/unsubscribe", &body).await.0, 200);
+    let p = bob.push().await;
+    assert_eq!(p["push"], "unsub", "{p}");
+    assert_eq!(p["code"], 103);
+
+    // …and mallory's sessions on nodes A and B.
+    let body = json!({"user": "mallory", "reason": "banned"}).to_string();
+    assert_eq!(http(c.addr, "POST", "/api/disconnect", &body).await.0, 200);
+    for m in [&mut mallory_a, &mut mallory_b] {
+        let p = m.push().await;
+        assert_eq!(p["push"], "disconnect", "{p}");
+        assert_eq!(p["code"], 4503);
+        assert_eq!(p["reason"], "banned");
+        assert!(m.frame().await.is_none(), "the connection should end");
+    }
+    // Bob is untouched.
+    bob.ok("ping", Value::Null).await;
 }

@@ -623,8 +623,15 @@ async fn api_disconnect(
             "`reason` must be at most 100 bytes",
         );
     }
-    let n = app.hub.disconnect_user(&req.user, code, reason);
-    tracing::info!(user = %req.user, code, connections = n, "API disconnect");
+    let n = match app
+        .hub
+        .disconnect_user_everywhere(&req.user, code, reason)
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => return op_error(e),
+    };
+    tracing::info!(user = %req.user, code, local_connections = n, "API disconnect");
     #[derive(Serialize)]
     struct Out {
         disconnected: usize,
@@ -653,9 +660,14 @@ async fn api_unsubscribe(
     if let Err(res) = check_channel(&req.channel) {
         return *res;
     }
-    let n = app
+    let n = match app
         .hub
-        .unsubscribe_user(&req.user, &req.channel, "unsubscribed by the server");
+        .unsubscribe_user_everywhere(&req.user, &req.channel, "unsubscribed by the server")
+        .await
+    {
+        Ok(n) => n,
+        Err(e) => return op_error(e),
+    };
     #[derive(Serialize)]
     struct Out {
         sessions: usize,

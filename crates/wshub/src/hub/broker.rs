@@ -251,6 +251,8 @@ pub enum BrokerEvent {
         /// Who left.
         member: ClientInfo,
     },
+    /// A command for every node of the hub (see [`Broker::control`]).
+    Control(ControlCommand),
     /// The engine's event stream was interrupted and is back (e.g. Redis
     /// reconnected and the node resubscribed): events of that time may be
     /// lost. The hub compares each of its channels' last delivered position
@@ -267,9 +269,37 @@ impl BrokerEvent {
             BrokerEvent::Publication { channel, .. }
             | BrokerEvent::Join { channel, .. }
             | BrokerEvent::Leave { channel, .. } => channel,
-            BrokerEvent::Resynced => "",
+            BrokerEvent::Resynced | BrokerEvent::Control(_) => "",
         }
     }
+}
+
+/// An operation every node of the hub carries out on its own sessions,
+/// sent with [`Broker::control`] (the HTTP API's disconnect and unsubscribe
+/// work whichever node receives the request).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ControlCommand {
+    /// Disconnect every connection of `user` with `code` (a `disconnect`
+    /// push first).
+    Disconnect {
+        /// The user id.
+        user: String,
+        /// The close code (4000–4999).
+        code: u16,
+        /// The close reason.
+        reason: String,
+    },
+    /// End `user`'s subscriptions to `channel` (an `unsub` push, 103).
+    Unsubscribe {
+        /// The user id.
+        user: String,
+        /// The channel.
+        channel: String,
+        /// Why, for the push.
+        reason: String,
+    },
 }
 
 /// Why a broker operation failed.
@@ -405,6 +435,12 @@ pub trait Broker: Send + Sync + 'static {
         &'a self,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>>;
+
+    /// Sends `command` to every node of the hub, this one included: each
+    /// node's sink receives [`BrokerEvent::Control`] and applies it to its own
+    /// sessions. Delivery is best effort (a node that is disconnected from
+    /// the engine at that moment misses it).
+    fn control<'a>(&'a self, command: ControlCommand) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Whether the engine can currently deliver events (e.g. its pub/sub
     /// connection is up). `/readyz` answers 503 while it is not, so load

@@ -676,6 +676,7 @@ impl Hub {
                 let hub = self.clone();
                 tokio::spawn(async move { hub.resync().await });
             }
+            BrokerEvent::Control(command) => self.apply_control(command),
             other => {
                 let (channel, member, push) = match other {
                     BrokerEvent::Join { channel, member } => (
@@ -927,6 +928,73 @@ impl Hub {
             position: result.position,
             publications,
         })
+    }
+
+    /// Carries out a cross-node command on this node's sessions.
+    fn apply_control(&self, command: super::broker::ControlCommand) {
+        use super::broker::ControlCommand;
+        let n = match &command {
+            ControlCommand::Disconnect { user, code, reason } => {
+                self.disconnect_user(user, *code, reason)
+            }
+            ControlCommand::Unsubscribe {
+                user,
+                channel,
+                reason,
+            } => self.unsubscribe_user(user, channel, reason),
+        };
+        if n > 0 {
+            tracing::info!(?command, sessions = n, "control command applied");
+        }
+    }
+
+    /// Disconnects every session of `user` on **every node** (through the
+    /// broker's control channel): a `disconnect` push, then close `code`.
+    /// Returns how many sessions this node had (with the in-memory broker,
+    /// the whole hub).
+    pub async fn disconnect_user_everywhere(
+        &self,
+        user: &str,
+        code: u16,
+        reason: &str,
+    ) -> Result<usize, OpError> {
+        let local = self.user_session_count(user);
+        self.inner
+            .broker
+            .control(super::broker::ControlCommand::Disconnect {
+                user: user.to_owned(),
+                code,
+                reason: reason.to_owned(),
+            })
+            .await?;
+        Ok(local)
+    }
+
+    /// Ends `user`'s subscriptions to `channel` on **every node** (an
+    /// `unsub` push, 103). Returns how many sessions this node had.
+    pub async fn unsubscribe_user_everywhere(
+        &self,
+        user: &str,
+        channel: &str,
+        reason: &str,
+    ) -> Result<usize, OpError> {
+        let local = self.user_session_count(user);
+        self.inner
+            .broker
+            .control(super::broker::ControlCommand::Unsubscribe {
+                user: user.to_owned(),
+                channel: channel.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?;
+        Ok(local)
+    }
+
+    fn user_session_count(&self, user: &str) -> usize {
+        lock(&self.inner.sessions)
+            .by_user
+            .get(user)
+            .map_or(0, HashSet::len)
     }
 
     /// Disconnects every session of `user` on this node with `code`

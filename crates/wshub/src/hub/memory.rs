@@ -47,8 +47,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::broker::{
-    BoxFuture, Broker, BrokerError, BrokerEvent, EventSink, HistoryFilter, HistoryResult,
-    PresenceStats, Publication, PublishOptions, StreamPosition,
+    BoxFuture, Broker, BrokerError, BrokerEvent, ControlCommand, EventSink, HistoryFilter,
+    HistoryResult, PresenceStats, Publication, PublishOptions, StreamPosition,
 };
 use super::protocol::ClientInfo;
 
@@ -513,6 +513,12 @@ fn new_epoch() -> String {
 impl Broker for MemoryBroker {
     fn set_sink(&self, sink: Arc<dyn EventSink>) {
         *self.sink.write().unwrap_or_else(PoisonError::into_inner) = Some(sink);
+    }
+
+    fn control<'a>(&'a self, command: ControlCommand) -> BoxFuture<'a, Result<(), BrokerError>> {
+        // One process: this node is every node.
+        self.deliver(BrokerEvent::Control(command));
+        Box::pin(async { Ok(()) })
     }
 
     fn publish<'a>(
