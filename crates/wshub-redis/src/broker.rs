@@ -17,7 +17,7 @@ use redis::{Client, RedisError, Value};
 use tokio::task::JoinHandle;
 use wshub::hub::broker::{
     BoxFuture, Broker, BrokerError, ControlCommand, EventSink, HistoryFilter, HistoryResult,
-    PresenceStats, PublishOptions, StreamPosition,
+    NodeInfo, PresenceStats, PublishOptions, StreamPosition,
 };
 use wshub::hub::protocol::ClientInfo;
 
@@ -303,6 +303,73 @@ impl Broker for RedisBroker {
                 .await
                 .map_err(broker_error)?;
             Ok(())
+        })
+    }
+
+    fn announce_node<'a>(
+        &'a self,
+        info: NodeInfo,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let json =
+                serde_json::to_vec(&info).map_err(|e| BrokerError::Internal(e.to_string()))?;
+            let key = format!("{}:node:{}", self.config.prefix, info.node);
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let mut conn = self.commands.clone();
+            let () = redis::cmd("SET")
+                .arg(key)
+                .arg(json)
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut conn)
+                .await
+                .map_err(broker_error)?;
+            Ok(())
+        })
+    }
+
+    fn nodes<'a>(&'a self) -> BoxFuture<'a, Result<Vec<NodeInfo>, BrokerError>> {
+        Box::pin(async move {
+            // Node keys never contain `{`, channel keys always do, so the
+            // pattern matches node entries only. SCAN is fine for a
+            // registry of a few nodes.
+            let pattern = format!("{}:node:*", self.config.prefix);
+            let mut conn = self.commands.clone();
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            for _ in 0..10_000 {
+                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(100)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(broker_error)?;
+                keys.extend(batch);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+                .arg(&keys)
+                .query_async(&mut conn)
+                .await
+                .map_err(broker_error)?;
+            let mut nodes: Vec<NodeInfo> = values
+                .into_iter()
+                .flatten()
+                .filter_map(|v| serde_json::from_slice(&v).ok())
+                .collect();
+            nodes.sort_by(|a, b| a.node.cmp(&b.node));
+            nodes.dedup_by(|a, b| a.node == b.node);
+            Ok(nodes)
         })
     }
 

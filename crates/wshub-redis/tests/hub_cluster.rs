@@ -353,3 +353,25 @@ async fn disconnect_and_unsubscribe_reach_users_on_every_node() {
     // Bob is untouched.
     bob.ok("ping", Value::Null).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_lists_the_live_nodes() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let _alice = Client::connect(&b, "alice").await;
+    // Nodes announce at start and every few seconds; poll (bounded).
+    let mut listed = Vec::new();
+    for _ in 0..200 {
+        let (status, body) = http(a.addr, "GET", "/api/nodes", "").await;
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        listed = v["nodes"].as_array().unwrap().clone();
+        if listed.len() == 2 && listed.iter().any(|n| n["connections"] == 1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed.iter().filter(|n| n["self"] == true).count(), 1);
+    assert!(listed.iter().any(|n| n["connections"] == 1), "{listed:?}");
+}

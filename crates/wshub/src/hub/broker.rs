@@ -274,6 +274,21 @@ impl BrokerEvent {
     }
 }
 
+/// A hub node as the node registry lists it ([`Broker::announce_node`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    /// The node's id (the prefix of its client ids).
+    pub node: String,
+    /// Its open WebSocket connections.
+    pub connections: u64,
+    /// Channels with subscribers on it.
+    pub channels: u64,
+    /// Subscriptions on it.
+    pub subscriptions: u64,
+    /// Seconds since it started.
+    pub uptime_seconds: u64,
+}
+
 /// An operation every node of the hub carries out on its own sessions,
 /// sent with [`Broker::control`] (the HTTP API's disconnect and unsubscribe
 /// work whichever node receives the request).
@@ -441,6 +456,17 @@ pub trait Broker: Send + Sync + 'static {
     /// sessions. Delivery is best effort (a node that is disconnected from
     /// the engine at that moment misses it).
     fn control<'a>(&'a self, command: ControlCommand) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Records this node in the registry for `ttl` (the hub re-announces
+    /// well before it lapses, so a node that died vanishes within `ttl`).
+    fn announce_node<'a>(
+        &'a self,
+        info: NodeInfo,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// The live nodes of the hub (announced and not lapsed), by node id.
+    fn nodes<'a>(&'a self) -> BoxFuture<'a, Result<Vec<NodeInfo>, BrokerError>>;
 
     /// Whether the engine can currently deliver events (e.g. its pub/sub
     /// connection is up). `/readyz` answers 503 while it is not, so load

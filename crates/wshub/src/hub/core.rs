@@ -57,6 +57,11 @@ use crate::WebSocket;
 pub(crate) const PRESENCE_TTL: Duration = Duration::from_secs(60);
 /// How often the hub refreshes its presence entries.
 const PRESENCE_REFRESH: Duration = Duration::from_secs(20);
+/// How often a node announces itself in the node registry.
+pub const NODE_ANNOUNCE: Duration = Duration::from_secs(5);
+/// How long a node's registry entry lives without a new announcement: a
+/// node that died drops out of `/api/nodes` within this.
+pub const NODE_TTL: Duration = Duration::from_secs(15);
 /// Events a subscriber may buffer while its subscribe is in flight; beyond
 /// this it is told to resubscribe (111) instead of growing without bound.
 const MAX_SUBSCRIBE_BUFFER: usize = 4096;
@@ -304,20 +309,68 @@ impl Hub {
         self.inner.draining.load(Ordering::Acquire)
     }
 
-    /// Starts a background task that refreshes this node's presence entries
-    /// before they expire; it ends when the hub is dropped.
+    /// Starts the hub's background upkeep: announcing this node in the
+    /// registry every [`NODE_ANNOUNCE`] (it lapses after [`NODE_TTL`]) and
+    /// refreshing its presence entries before they expire. It ends when the
+    /// hub is dropped.
     pub fn spawn_maintenance(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PRESENCE_REFRESH);
+            let mut tick = tokio::time::interval(NODE_ANNOUNCE);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
+            let mut last_presence = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                Hub { inner }.refresh_presence().await;
+                let hub = Hub { inner };
+                hub.announce().await;
+                if last_presence.elapsed() >= PRESENCE_REFRESH {
+                    last_presence = tokio::time::Instant::now();
+                    hub.refresh_presence().await;
+                }
             }
         })
+    }
+
+    /// This node's registry entry.
+    pub fn node_info(&self) -> super::broker::NodeInfo {
+        let m = self.inner.metrics.snapshot();
+        super::broker::NodeInfo {
+            node: self.inner.node.clone(),
+            connections: m.connections,
+            channels: m.channels,
+            subscriptions: m.subscriptions,
+            uptime_seconds: self.inner.started.elapsed().as_secs(),
+        }
+    }
+
+    async fn announce(&self) {
+        if let Err(e) = self
+            .inner
+            .broker
+            .announce_node(self.node_info(), NODE_TTL)
+            .await
+        {
+            tracing::debug!(error = %e, "node announcement failed");
+        }
+    }
+
+    /// The hub's live nodes (from the broker's registry), this one always
+    /// included.
+    pub async fn nodes(&self) -> Result<Vec<super::broker::NodeInfo>, OpError> {
+        let mut nodes = self.inner.broker.nodes().await?;
+        let me = self.node_info();
+        match nodes.iter_mut().find(|n| n.node == me.node) {
+            Some(n) => *n = me,
+            None => nodes.push(me),
+        }
+        nodes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(nodes)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
     }
 
     async fn refresh_presence(&self) {

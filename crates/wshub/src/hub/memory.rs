@@ -48,7 +48,7 @@ use tokio::time::Instant;
 
 use super::broker::{
     BoxFuture, Broker, BrokerError, BrokerEvent, ControlCommand, EventSink, HistoryFilter,
-    HistoryResult, PresenceStats, Publication, PublishOptions, StreamPosition,
+    HistoryResult, NodeInfo, PresenceStats, Publication, PublishOptions, StreamPosition,
 };
 use super::protocol::ClientInfo;
 
@@ -87,6 +87,8 @@ pub struct MemoryBroker {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
+    /// The node registry: node id → (info, lapses at).
+    nodes: Mutex<HashMap<String, (NodeInfo, Instant)>>,
 }
 
 impl std::fmt::Debug for MemoryBroker {
@@ -218,6 +220,7 @@ impl MemoryBroker {
             shards,
             hasher: RandomState::new(),
             sink: RwLock::new(None),
+            nodes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -521,6 +524,30 @@ impl Broker for MemoryBroker {
         Box::pin(async { Ok(()) })
     }
 
+    fn announce_node<'a>(
+        &'a self,
+        info: NodeInfo,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let now = Instant::now();
+        let mut nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        nodes.retain(|_, (_, until)| *until > now);
+        nodes.insert(info.node.clone(), (info, now + ttl));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn nodes<'a>(&'a self) -> BoxFuture<'a, Result<Vec<NodeInfo>, BrokerError>> {
+        let now = Instant::now();
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut list: Vec<NodeInfo> = nodes
+            .values()
+            .filter(|(_, until)| *until > now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        list.sort_by(|a, b| a.node.cmp(&b.node));
+        Box::pin(async move { Ok(list) })
+    }
+
     fn publish<'a>(
         &'a self,
         channel: &'a str,
@@ -753,6 +780,41 @@ mod tests {
         assert_eq!(rec.offsets(), (1..=800).collect::<Vec<_>>());
         let h = history(&b, "hot", HistoryFilter::default()).await;
         assert_eq!(offsets(&h), (1..=800).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn node_registry_entries_lapse_without_announcements() {
+        let (b, rec) = broker();
+        let info = |node: &str, connections| NodeInfo {
+            node: node.into(),
+            connections,
+            channels: 0,
+            subscriptions: 0,
+            uptime_seconds: 1,
+        };
+        b.announce_node(info("n1", 3), Duration::from_secs(15))
+            .await
+            .unwrap();
+        b.announce_node(info("n2", 1), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let names = |v: Vec<NodeInfo>| v.into_iter().map(|n| n.node).collect::<Vec<_>>();
+        assert_eq!(names(b.nodes().await.unwrap()), ["n1", "n2"]);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(names(b.nodes().await.unwrap()), ["n1"]);
+        // A new announcement replaces the entry.
+        b.announce_node(info("n1", 7), Duration::from_secs(15))
+            .await
+            .unwrap();
+        assert_eq!(b.nodes().await.unwrap()[0].connections, 7);
+        // Control commands come back to this (the only) node.
+        let cmd = ControlCommand::Disconnect {
+            user: "u".into(),
+            code: 4503,
+            reason: "r".into(),
+        };
+        b.control(cmd.clone()).await.unwrap();
+        assert_eq!(rec.take(), [BrokerEvent::Control(cmd)]);
     }
 
     #[tokio::test(start_paused = true)]

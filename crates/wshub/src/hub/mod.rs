@@ -31,4 +31,4 @@ mod session;
 #[cfg(all(feature = "axum", feature = "tls"))]
 mod web;
 
-pub use self::core::{Hub, HubError, OpError, PublishRequest};
+pub use self::core::{Hub, HubError, OpError, PublishRequest, NODE_ANNOUNCE, NODE_TTL};

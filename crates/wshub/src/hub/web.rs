@@ -209,8 +209,8 @@ pub(crate) async fn admin_stats(
     )
 }
 
-/// `GET /api/nodes`: the hub's nodes with their load. On the in-memory
-/// broker that is this node alone.
+/// `GET /api/nodes`: the hub's live nodes with their load (the broker's
+/// node registry; with the in-memory broker, this node alone).
 pub(crate) async fn nodes(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -220,32 +220,30 @@ pub(crate) async fn nodes(
         return *res;
     }
     #[derive(Serialize)]
-    struct Node<'a> {
-        node: &'a str,
-        connections: u64,
-        channels: u64,
-        uptime_seconds: u64,
+    struct Node {
+        #[serde(flatten)]
+        info: super::broker::NodeInfo,
         #[serde(rename = "self")]
         this: bool,
     }
     #[derive(Serialize)]
-    struct Out<'a> {
-        nodes: [Node<'a>; 1],
+    struct Out {
+        nodes: Vec<Node>,
     }
     let hub = &app.hub;
-    let m = hub.metrics().snapshot();
-    json_response(
-        StatusCode::OK,
-        &Out {
-            nodes: [Node {
-                node: &hub.inner.node,
-                connections: m.connections,
-                channels: m.channels,
-                uptime_seconds: uptime(hub).as_secs(),
-                this: true,
-            }],
-        },
-    )
+    match hub.nodes().await {
+        Ok(list) => {
+            let nodes = list
+                .into_iter()
+                .map(|info| Node {
+                    this: info.node == hub.node_id(),
+                    info,
+                })
+                .collect();
+            json_response(StatusCode::OK, &Out { nodes })
+        }
+        Err(e) => api_error(super::api::status_for(e.code), e.code, &e.message),
+    }
 }
 
 fn uptime(hub: &Hub) -> Duration {

@@ -406,7 +406,9 @@ async fn admin_stats_and_nodes() {
     assert!(v["node"].as_str().unwrap().len() >= 8);
     let res = hub.get("/api/nodes").await;
     let n: Value = serde_json::from_str(&res.body).unwrap();
+    assert_eq!(n["nodes"].as_array().unwrap().len(), 1, "{n}");
     assert_eq!(n["nodes"][0]["connections"], 1);
+    assert_eq!(n["nodes"][0]["subscriptions"], 1);
     assert_eq!(n["nodes"][0]["self"], true);
     // Both need the key.
     let req = "GET /api/admin/stats HTTP/1.1\r\nHost: x\r\n\r\n";
