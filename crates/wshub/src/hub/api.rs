@@ -12,11 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -292,6 +294,46 @@ pub(crate) fn authorize(
     }
 }
 
+/// Extractor: the request carries the API key ([`authorize`]); otherwise
+/// it is answered with 401 (or 403 when the API is off).
+pub(crate) struct ApiKey;
+
+impl FromRequestParts<App> for ApiKey {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Response> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0);
+        authorize(app, &parts.headers, peer)
+            .map(|()| ApiKey)
+            .map_err(|res| *res)
+    }
+}
+
+/// Extractor: an API request with the key ([`ApiKey`]) and a JSON body
+/// parsed into `T` (400 naming the problem, 413 over [`MAX_API_BODY`], 415
+/// for a content type that is not JSON).
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+impl<T: DeserializeOwned> FromRequest<App> for ApiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, app: &App) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        ApiKey::from_request_parts(&mut parts, app).await?;
+        let headers = parts.headers.clone();
+        let req = Request::from_parts(parts, body);
+        let bytes = Bytes::from_request(req, app)
+            .await
+            .map_err(|rej| api_error(rej.status(), ErrorCode::BadRequest, &rej.body_text()))?;
+        parse_body(&headers, &bytes)
+            .map(ApiJson)
+            .map_err(|res| *res)
+    }
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
@@ -336,15 +378,6 @@ fn check_channel(channel: &str) -> Result<(), Box<Response>> {
     })
 }
 
-/// Runs an API handler body after the key check.
-macro_rules! api {
-    ($app:ident, $peer:ident, $headers:ident) => {
-        if let Err(res) = authorize(&$app, &$headers, $peer) {
-            return *res;
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------
 // Endpoints
 // ---------------------------------------------------------------------------
@@ -382,17 +415,7 @@ impl PublishBody {
     }
 }
 
-async fn api_publish(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    api!(app, peer, headers);
-    let req: PublishBody = match parse_body(&headers, &body) {
-        Ok(r) => r,
-        Err(res) => return *res,
-    };
+async fn api_publish(State(app): State<App>, ApiJson(req): ApiJson<PublishBody>) -> Response {
     let Some(channel) = req.channel.as_deref() else {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -432,17 +455,7 @@ struct ErrorOwned {
     message: String,
 }
 
-async fn api_broadcast(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    api!(app, peer, headers);
-    let req: PublishBody = match parse_body(&headers, &body) {
-        Ok(r) => r,
-        Err(res) => return *res,
-    };
+async fn api_broadcast(State(app): State<App>, ApiJson(req): ApiJson<PublishBody>) -> Response {
     if req.channel.is_some() {
         return api_error(
             StatusCode::BAD_REQUEST,
@@ -505,17 +518,7 @@ struct ChannelBody {
     channel: String,
 }
 
-async fn api_presence(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    api!(app, peer, headers);
-    let req: ChannelBody = match parse_body(&headers, &body) {
-        Ok(r) => r,
-        Err(res) => return *res,
-    };
+async fn api_presence(State(app): State<App>, ApiJson(req): ApiJson<ChannelBody>) -> Response {
     if let Err(res) = check_channel(&req.channel) {
         return *res;
     }
@@ -535,17 +538,7 @@ struct HistoryBody {
     since: Option<Position>,
 }
 
-async fn api_history(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    api!(app, peer, headers);
-    let req: HistoryBody = match parse_body(&headers, &body) {
-        Ok(r) => r,
-        Err(res) => return *res,
-    };
+async fn api_history(State(app): State<App>, ApiJson(req): ApiJson<HistoryBody>) -> Response {
     if let Err(res) = check_channel(&req.channel) {
         return *res;
     }
@@ -559,12 +552,7 @@ async fn api_history(
     }
 }
 
-async fn api_channels(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    api!(app, peer, headers);
+async fn api_channels(State(app): State<App>, _key: ApiKey) -> Response {
     #[derive(Serialize)]
     struct Item {
         channel: String,
@@ -596,17 +584,7 @@ struct DisconnectBody {
     reason: Option<String>,
 }
 
-async fn api_disconnect(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    api!(app, peer, headers);
-    let req: DisconnectBody = match parse_body(&headers, &body) {
-        Ok(r) => r,
-        Err(res) => return *res,
-    };
+async fn api_disconnect(State(app): State<App>, ApiJson(req): ApiJson<DisconnectBody>) -> Response {
     let code = req.code.unwrap_or(crate::close_codes::DISCONNECTED.0);
     if !(4000..=4999).contains(&code) {
         return api_error(
@@ -648,15 +626,8 @@ struct UnsubscribeBody {
 
 async fn api_unsubscribe(
     State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Bytes,
+    ApiJson(req): ApiJson<UnsubscribeBody>,
 ) -> Response {
-    api!(app, peer, headers);
-    let req: UnsubscribeBody = match parse_body(&headers, &body) {
-        Ok(r) => r,
-        Err(res) => return *res,
-    };
     if let Err(res) = check_channel(&req.channel) {
         return *res;
     }

@@ -10,12 +10,12 @@
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::api::{api_error, authorize, json_response, App};
+use super::api::{api_error, json_response, ApiKey, App};
 use super::auth::{ClaimsBuilder, Minter};
 use super::core::{random_id, Hub, HubInner};
 use super::protocol::ErrorCode;
@@ -189,14 +189,7 @@ struct Stats<'a> {
 }
 
 /// `GET /api/admin/stats`: the node's totals (the dashboard derives rates).
-pub(crate) async fn admin_stats(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(res) = authorize(&app, &headers, peer) {
-        return *res;
-    }
+pub(crate) async fn admin_stats(State(app): State<App>, _key: ApiKey) -> Response {
     let hub = &app.hub;
     json_response(
         StatusCode::OK,
@@ -211,14 +204,7 @@ pub(crate) async fn admin_stats(
 
 /// `GET /api/nodes`: the hub's live nodes with their load (the broker's
 /// node registry; with the in-memory broker, this node alone).
-pub(crate) async fn nodes(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(res) = authorize(&app, &headers, peer) {
-        return *res;
-    }
+pub(crate) async fn nodes(State(app): State<App>, _key: ApiKey) -> Response {
     #[derive(Serialize)]
     struct Node {
         #[serde(flatten)]

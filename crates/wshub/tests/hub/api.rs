@@ -62,6 +62,11 @@ async fn publish_status_codes_for_bad_input() {
     assert_eq!(v["error"]["code"], 112);
     let (s, _) = hub.api("/api/nope", json!({})).await;
     assert_eq!(s, 404);
+    // Over the 1 MiB body limit.
+    let huge = json!({"channel": "chat:a", "data": "x".repeat(2 << 20)}).to_string();
+    let (s, v) = hub.api_raw("/api/publish", &huge, Some(API_KEY)).await;
+    assert_eq!(s, 413, "{v}");
+    assert_eq!(v["error"]["code"], 107);
 }
 
 #[tokio::test]
