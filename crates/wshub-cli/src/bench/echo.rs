@@ -128,19 +128,9 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
     r.field("window", args.window);
     r.field("size", args.size);
     r.field("binary", args.binary);
-    r.row(
-        "measured",
-        format!("{:.2} s", elapsed.as_secs_f64()),
-        "seconds",
-        (elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
-    );
+    r.seconds("measured", "seconds", elapsed);
     r.count("messages echoed", "messages", count);
-    r.row(
-        "throughput",
-        format!("{} msg/s", super::stats::group(rate as u64)),
-        "msg_per_sec",
-        (rate * 10.0).round() / 10.0,
-    );
+    r.rate("throughput", "msg/s", "msg_per_sec", rate);
     r.latency("round trip", shared.latency.snapshot());
     r.row(
         "server CPU per message",

@@ -243,26 +243,16 @@ pub(super) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     r.field("window", args.window);
     r.field("size", args.size);
     r.field("binary", args.binary);
-    r.row(
-        "sending",
-        format!("{:.2} s", send_time.as_secs_f64()),
-        "seconds",
-        (send_time.as_secs_f64() * 1000.0).round() / 1000.0,
-    );
+    r.seconds("sending", "seconds", send_time);
     r.count("messages sent", "sent", sent);
-    r.row(
+    r.rate(
         "sent per second",
-        group((sent as f64 / send_time.as_secs_f64()) as u64),
+        "",
         "sent_per_sec",
-        (sent as f64 / send_time.as_secs_f64() * 10.0).round() / 10.0,
+        sent as f64 / send_time.as_secs_f64(),
     );
     r.count("deliveries", "deliveries", total_delivered);
-    r.row(
-        "deliveries per second",
-        group(rate as u64),
-        "deliveries_per_sec",
-        (rate * 10.0).round() / 10.0,
-    );
+    r.rate("deliveries per second", "", "deliveries_per_sec", rate);
     r.latency("publish to delivery", shared.latency.snapshot());
     r.count("lost", "lost", lost);
     r.count("duplicates", "duplicates", dups);

@@ -317,18 +317,13 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
         },
     );
     r.field("publishers", publishers);
-    r.row(
-        "publishing",
-        format!("{:.2} s", send_time.as_secs_f64()),
-        "seconds",
-        (send_time.as_secs_f64() * 1000.0).round() / 1000.0,
-    );
+    r.seconds("publishing", "seconds", send_time);
     r.count("publications", "published", published);
-    r.row(
+    r.rate(
         "publications per second",
-        group((published as f64 / send_time.as_secs_f64()) as u64),
+        "",
         "published_per_sec",
-        (published as f64 / send_time.as_secs_f64() * 10.0).round() / 10.0,
+        published as f64 / send_time.as_secs_f64(),
     );
     r.count("publish errors", "publish_errors", publish_errors);
     r.count(
@@ -336,12 +331,7 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
         "deliveries",
         shared.delivered.load(Ordering::Acquire),
     );
-    r.row(
-        "deliveries per second",
-        group(rate as u64),
-        "deliveries_per_sec",
-        (rate * 10.0).round() / 10.0,
-    );
+    r.rate("deliveries per second", "", "deliveries_per_sec", rate);
     r.latency("publish to delivery", shared.latency.snapshot());
     r.count("lost", "lost", lost);
     r.count("duplicates", "duplicates", sum(|o| o.duplicates));

@@ -302,6 +302,29 @@ impl Report {
         self.field(key, value);
     }
 
+    /// A duration: table row in seconds (2 decimals) and JSON field in
+    /// seconds (3 decimals).
+    pub(crate) fn seconds(&mut self, label: &str, key: &str, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        self.row(
+            label,
+            format!("{secs:.2} s"),
+            key,
+            (secs * 1000.0).round() / 1000.0,
+        );
+    }
+
+    /// A rate: table row (grouped digits, with `unit` when given) and JSON
+    /// field (1 decimal).
+    pub(crate) fn rate(&mut self, label: &str, unit: &str, key: &str, per_sec: f64) {
+        let shown = if unit.is_empty() {
+            group(per_sec as u64)
+        } else {
+            format!("{} {unit}", group(per_sec as u64))
+        };
+        self.row(label, shown, key, (per_sec * 10.0).round() / 10.0);
+    }
+
     /// A count: table row (grouped digits) and JSON field.
     pub(crate) fn count(&mut self, label: &str, key: &str, n: u64) {
         self.row(label, group(n), key, n);
