@@ -235,3 +235,95 @@ async fn three_nodes_behind_nginx_without_sticky_sessions() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+async fn api_get_json(port: u16, method: &str, path: &str, body: &str) -> Value {
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: apikey {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+/// A node killed with SIGKILL cannot clean up: its clients vanish from
+/// presence (and the node from `/api/nodes`) once its lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_members_leave_presence() {
+    let dir = temp_dir("kill");
+    let redis_port = free_port();
+    let _redis = redis(redis_port);
+    let (p1, p2) = (free_port(), free_port());
+    let _n1 = node(&dir, redis_port, p1);
+    let mut n2 = node(&dir, redis_port, p2);
+    let minter = Minter::hs256(SECRET.as_bytes()).unwrap();
+    let join = |port: u16, user: &'static str| {
+        let token = minter
+            .mint(&ClaimsBuilder::new(user), SystemTime::now())
+            .unwrap();
+        async move {
+            let mut ws = ClientBuilder::new()
+                .protocols(["wshub.v1"])
+                .connect(&format!("ws://127.0.0.1:{port}/ws"))
+                .await
+                .unwrap();
+            ws.send(json!({"id": 1, "method": "connect", "params": {"token": token}}).to_string())
+                .unwrap();
+            recv_json(&mut ws).await;
+            let sub = json!({"id": 2, "method": "subscribe", "params": {"channel": "chat:p"}});
+            ws.send(sub.to_string()).unwrap();
+            assert!(recv_json(&mut ws).await.get("result").is_some());
+            ws
+        }
+    };
+    let _alice = join(p1, "alice").await;
+    let _bob = join(p2, "bob").await;
+    let users = |v: &Value| -> Vec<String> {
+        let mut u: Vec<String> = v["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| m["user"].as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        u.sort();
+        u
+    };
+    let body = json!({"channel": "chat:p"}).to_string();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = api_get_json(p1, "POST", "/api/presence", &body).await;
+        if users(&v) == ["alice", "bob"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never showed up: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    n2.0.kill().unwrap(); // SIGKILL: no drain, no cleanup
+    let _ = n2.0.wait();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = api_get_json(p1, "POST", "/api/presence", &body).await;
+        if users(&v) == ["alice"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed node's member stayed: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let nodes = api_get_json(p1, "GET", "/api/nodes", "").await;
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 1, "{nodes}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

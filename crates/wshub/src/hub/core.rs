@@ -57,11 +57,12 @@ use crate::WebSocket;
 pub(crate) const PRESENCE_TTL: Duration = Duration::from_secs(60);
 /// How often the hub refreshes its presence entries.
 const PRESENCE_REFRESH: Duration = Duration::from_secs(20);
-/// How often a node announces itself in the node registry.
-pub const NODE_ANNOUNCE: Duration = Duration::from_secs(5);
+/// How often a node announces itself in the node registry (its lease).
+pub const NODE_ANNOUNCE: Duration = Duration::from_secs(2);
 /// How long a node's registry entry lives without a new announcement: a
-/// node that died drops out of `/api/nodes` within this.
-pub const NODE_TTL: Duration = Duration::from_secs(15);
+/// node that died drops out of `/api/nodes`, and its clients out of
+/// presence, within this.
+pub const NODE_TTL: Duration = Duration::from_secs(5);
 /// Events a subscriber may buffer while its subscribe is in flight; beyond
 /// this it is told to resubscribe (111) instead of growing without bound.
 const MAX_SUBSCRIBE_BUFFER: usize = 4096;
@@ -938,7 +939,18 @@ impl Hub {
             ));
         }
         let map = self.inner.broker.presence(channel).await?;
-        let mut members: Vec<ClientInfo> = map.into_values().collect();
+        // Members of nodes that stopped announcing themselves (crashed,
+        // killed) are gone, without waiting for their entries to expire: a
+        // client id starts with its node's id.
+        let live: HashSet<String> = self.nodes().await?.into_iter().map(|n| n.node).collect();
+        let mut members: Vec<ClientInfo> = map
+            .into_values()
+            .filter(|m| {
+                m.client
+                    .split_once('-')
+                    .is_none_or(|(node, _)| live.contains(node))
+            })
+            .collect();
         members.sort_by(|a, b| a.client.cmp(&b.client));
         Ok(members)
     }
