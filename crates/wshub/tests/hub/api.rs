@@ -62,6 +62,41 @@ async fn publish_status_codes_for_bad_input() {
     assert_eq!(v["error"]["code"], 112);
     let (s, _) = hub.api("/api/nope", json!({})).await;
     assert_eq!(s, 404);
+    // Publication options are bounded and named when wrong.
+    for (body, field) in [
+        (
+            json!({"channel": "chat:a", "data": 1, "idempotency_key": "k".repeat(129)}),
+            "idempotency_key",
+        ),
+        (
+            json!({"channel": "chat:a", "data": 1, "except_client": ""}),
+            "except_client",
+        ),
+        (
+            json!({"channel": "chat:a", "data": 1, "tags": {"t": "v".repeat(129)}}),
+            "tags",
+        ),
+        (
+            json!({"channel": "chat:a", "data": 1, "filter": {"k": vec!["v"; 65]}}),
+            "filter",
+        ),
+    ] {
+        let (s, v) = hub.api("/api/publish", body).await;
+        assert_eq!(s, 400, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(field),
+            "{v}"
+        );
+    }
+    let many: serde_json::Map<String, Value> =
+        (0..33).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let (s, _) = hub
+        .api(
+            "/api/broadcast",
+            json!({"channels": ["chat:a"], "data": 1, "tags": many}),
+        )
+        .await;
+    assert_eq!(s, 400);
     // Over the 1 MiB body limit.
     let huge = json!({"channel": "chat:a", "data": "x".repeat(2 << 20)}).to_string();
     let (s, v) = hub.api_raw("/api/publish", &huge, Some(API_KEY)).await;
