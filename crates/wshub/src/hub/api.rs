@@ -242,7 +242,7 @@ pub(crate) fn status_for(code: ErrorCode) -> StatusCode {
     }
 }
 
-fn op_error(e: OpError) -> Response {
+pub(crate) fn op_error(e: OpError) -> Response {
     api_error(status_for(e.code), e.code, &e.message)
 }
 

@@ -731,38 +731,40 @@ impl Hub {
                 tokio::spawn(async move { hub.resync().await });
             }
             BrokerEvent::Control(command) => self.apply_control(command),
-            other => {
-                let (channel, member, push) = match other {
-                    BrokerEvent::Join { channel, member } => (
-                        channel.clone(),
-                        member.client.clone(),
-                        Push::Join { channel, member },
-                    ),
-                    BrokerEvent::Leave { channel, member } => (
-                        channel.clone(),
-                        member.client.clone(),
-                        Push::Leave { channel, member },
-                    ),
-                    _ => return,
-                };
-                let mut shard = lock(self.shard(&channel));
-                let Some(ch) = shard.get_mut(&channel) else {
-                    return;
-                };
-                let msg = Arc::new(PreparedMessage::new(&Message::from(push.to_json())));
-                for sub in ch.subscribers.values_mut() {
-                    if *sub.client == *member {
-                        continue;
-                    }
-                    match &mut sub.buffer {
-                        Some(buf) if buf.len() < MAX_SUBSCRIBE_BUFFER => {
-                            buf.push(Buffered::Other(Arc::clone(&msg)))
-                        }
-                        Some(_) => sub.overflow = true,
-                        None => {
-                            self.send_counted(&sub.ws, &msg, sub.policy);
-                        }
-                    }
+            BrokerEvent::Join { channel, member } => {
+                let client = member.client.clone();
+                self.deliver_member_push(&channel.clone(), &client, Push::Join { channel, member });
+            }
+            BrokerEvent::Leave { channel, member } => {
+                let client = member.client.clone();
+                self.deliver_member_push(
+                    &channel.clone(),
+                    &client,
+                    Push::Leave { channel, member },
+                );
+            }
+        }
+    }
+
+    /// Sends a join/leave push to the channel's local subscribers, except
+    /// the member it is about (buffered for those still subscribing).
+    fn deliver_member_push(&self, channel: &str, member_client: &str, push: Push) {
+        let mut shard = lock(self.shard(channel));
+        let Some(ch) = shard.get_mut(channel) else {
+            return;
+        };
+        let msg = Arc::new(PreparedMessage::new(&Message::from(push.to_json())));
+        for sub in ch.subscribers.values_mut() {
+            if *sub.client == *member_client {
+                continue;
+            }
+            match &mut sub.buffer {
+                Some(buf) if buf.len() < MAX_SUBSCRIBE_BUFFER => {
+                    buf.push(Buffered::Other(Arc::clone(&msg)))
+                }
+                Some(_) => sub.overflow = true,
+                None => {
+                    self.send_counted(&sub.ws, &msg, sub.policy);
                 }
             }
         }
@@ -1023,16 +1025,12 @@ impl Hub {
         code: u16,
         reason: &str,
     ) -> Result<usize, OpError> {
-        let local = self.user_session_count(user);
-        self.inner
-            .broker
-            .control(super::broker::ControlCommand::Disconnect {
-                user: user.to_owned(),
-                code,
-                reason: reason.to_owned(),
-            })
-            .await?;
-        Ok(local)
+        let command = super::broker::ControlCommand::Disconnect {
+            user: user.to_owned(),
+            code,
+            reason: reason.to_owned(),
+        };
+        self.control_everywhere(user, command).await
     }
 
     /// Ends `user`'s subscriptions to `channel` on **every node** (an
@@ -1043,15 +1041,23 @@ impl Hub {
         channel: &str,
         reason: &str,
     ) -> Result<usize, OpError> {
+        let command = super::broker::ControlCommand::Unsubscribe {
+            user: user.to_owned(),
+            channel: channel.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.control_everywhere(user, command).await
+    }
+
+    /// Sends a command about `user` to every node; returns the user's
+    /// session count on this node (taken before the command runs here).
+    async fn control_everywhere(
+        &self,
+        user: &str,
+        command: super::broker::ControlCommand,
+    ) -> Result<usize, OpError> {
         let local = self.user_session_count(user);
-        self.inner
-            .broker
-            .control(super::broker::ControlCommand::Unsubscribe {
-                user: user.to_owned(),
-                channel: channel.to_owned(),
-                reason: reason.to_owned(),
-            })
-            .await?;
+        self.inner.broker.control(command).await?;
         Ok(local)
     }
 

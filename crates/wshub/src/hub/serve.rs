@@ -137,35 +137,15 @@ impl Hub {
                     .header_read_timeout(handshake_timeout);
                 match acceptor {
                     Some(acceptor) => {
-                        let tls =
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp))
-                                .await
-                            {
-                                Ok(Ok(tls)) => tls,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(%peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                        let conn = http
-                            .serve_connection(TokioIo::new(tls), service)
-                            .with_upgrades();
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => serve_http(&http, tls, service, peer).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
                     }
-                    None => {
-                        let conn = http
-                            .serve_connection(TokioIo::new(tcp), service)
-                            .with_upgrades();
-                        if let Err(e) = conn.await {
-                            tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-                        }
-                    }
+                    None => serve_http(&http, tcp, service, peer).await,
                 }
             });
         };
@@ -231,5 +211,26 @@ impl Hub {
         sweeper.abort();
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one accepted connection, plain or TLS.
+async fn serve_http<I, S>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
 }

@@ -495,9 +495,8 @@ impl Session {
     // -----------------------------------------------------------------------
 
     async fn subscribe(&mut self, id: u64, p: SubscribeParams) -> Next {
-        match self.try_subscribe(id, p).await {
-            Ok(()) => {}
-            Err(e) => self.reply_err(id, e),
+        if let Err(e) = self.try_subscribe(id, p).await {
+            self.reply_err(id, e);
         }
         Next::Continue
     }

@@ -15,7 +15,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::api::{api_error, json_response, ApiKey, App};
+use super::api::{api_error, json_response, op_error, ApiKey, App};
 use super::auth::{ClaimsBuilder, Minter};
 use super::core::{random_id, Hub, HubInner};
 use super::protocol::ErrorCode;
@@ -228,7 +228,7 @@ pub(crate) async fn nodes(State(app): State<App>, _key: ApiKey) -> Response {
                 .collect();
             json_response(StatusCode::OK, &Out { nodes })
         }
-        Err(e) => api_error(super::api::status_for(e.code), e.code, &e.message),
+        Err(e) => op_error(e),
     }
 }
 
