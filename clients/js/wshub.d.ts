@@ -14,6 +14,14 @@ export interface Position {
   epoch: string;
 }
 
+/** The reply to `publish`. */
+export interface PublishResult {
+  offset?: number;
+  epoch?: string;
+  /** Appended to the hub's upstream stream for backends. */
+  upstream?: true;
+}
+
 /** Who published (present when a client published and the namespace shows publishers). */
 export interface PublisherInfo {
   client: string;
@@ -225,7 +233,8 @@ export declare class Client {
   /** The subscription to `channel`, or null. */
   getSubscription(channel: string): Subscription | null;
 
-  publish(channel: string, data: Json | unknown): Promise<Position>;
+  /** Resolves with the publication's position; in an `upstream` namespace also `upstream: true`, and with `upstream = "only"` no position. */
+  publish(channel: string, data: Json | unknown): Promise<PublishResult>;
   presence(channel: string): Promise<Member[]>;
   history<T = any>(channel: string, options?: HistoryOptions): Promise<HistoryResult<T>>;
   /** A round trip to the server. */

@@ -26,6 +26,7 @@ use super::broker::{Audience, TagFilter};
 use super::core::{Hub, OpError, PublishRequest};
 use super::metrics::{PublishSource, RejectReason};
 use super::protocol::{self, ErrorCode, Position};
+use super::queue::check_publication_options;
 use super::ratelimit::IpLimiter;
 use crate::client_ip::{resolve_client_ip, TrustedProxies};
 use crate::upgrade::WebSocketUpgrade;
@@ -399,59 +400,22 @@ struct PublishBody {
     filter: Option<TagFilter>,
 }
 
-/// Bounds on the publication options of the API (each value is stored with
-/// the publication and travels to every node).
-const MAX_TAGS: usize = 32;
-const MAX_TAG_LEN: usize = 128;
-const MAX_KEY_LEN: usize = 128;
-const MAX_FILTER_VALUES: usize = 64;
-
 impl PublishBody {
     /// Checks the options' sizes; the error names the field.
     fn check(&self) -> Result<(), Box<Response>> {
-        let bad = |msg: String| {
-            Err(Box::new(api_error(
+        check_publication_options(
+            &self.tags,
+            self.idempotency_key.as_deref(),
+            self.except_client.as_deref(),
+            self.filter.as_ref(),
+        )
+        .map_err(|msg| {
+            Box::new(api_error(
                 StatusCode::BAD_REQUEST,
                 ErrorCode::BadRequest,
                 &msg,
-            )))
-        };
-        if self.tags.len() > MAX_TAGS {
-            return bad(format!("`tags`: at most {MAX_TAGS} tags"));
-        }
-        if let Some((k, _)) = self
-            .tags
-            .iter()
-            .find(|(k, v)| k.is_empty() || k.len() > MAX_TAG_LEN || v.len() > MAX_TAG_LEN)
-        {
-            return bad(format!(
-                "`tags`: tag {:?}: keys 1 to {MAX_TAG_LEN} bytes, values at most {MAX_TAG_LEN}",
-                k.chars().take(32).collect::<String>()
-            ));
-        }
-        for (name, value) in [
-            ("idempotency_key", &self.idempotency_key),
-            ("except_client", &self.except_client),
-        ] {
-            if let Some(v) = value {
-                if v.is_empty() || v.len() > MAX_KEY_LEN {
-                    return bad(format!("`{name}` must be 1 to {MAX_KEY_LEN} bytes"));
-                }
-            }
-        }
-        if let Some(filter) = &self.filter {
-            let values: usize = filter.0.values().map(Vec::len).sum();
-            let long = filter
-                .0
-                .iter()
-                .any(|(k, vs)| k.len() > MAX_TAG_LEN || vs.iter().any(|v| v.len() > MAX_TAG_LEN));
-            if filter.0.len() > MAX_TAGS || values > MAX_FILTER_VALUES || long {
-                return bad(format!(
-                    "`filter`: at most {MAX_TAGS} keys and {MAX_FILTER_VALUES} values of at most {MAX_TAG_LEN} bytes"
-                ));
-            }
-        }
-        Ok(())
+            ))
+        })
     }
 
     fn request(&self, data: Bytes) -> PublishRequest {

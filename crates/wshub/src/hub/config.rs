@@ -68,8 +68,8 @@ pub const REDACTED: &str = "<redacted>";
 pub const ENV_PREFIX: &str = "WSHUB_";
 
 /// Sections whose keys can be set from the environment.
-const ENV_SECTIONS: [&str; 8] = [
-    "server", "tls", "limits", "auth", "api", "log", "demo", "broker",
+const ENV_SECTIONS: [&str; 10] = [
+    "server", "tls", "limits", "auth", "api", "log", "demo", "broker", "ingest", "upstream",
 ];
 
 // ---------------------------------------------------------------------------
@@ -99,6 +99,12 @@ pub struct HubConfig {
     /// `[broker]`: where channels live — in this process, or in Redis for a
     /// cluster of nodes.
     pub broker: BrokerConfig,
+    /// `[ingest]`: publications consumed from a message queue (a Redis Stream
+    /// or NATS JetStream) and published to channels. Off by default.
+    pub ingest: IngestConfig,
+    /// `[upstream]`: where client publications on channels of namespaces with
+    /// `upstream` set are appended for backend workers. Off by default.
+    pub upstream: UpstreamConfig,
     /// Options of channels without a namespace (no `:` in the name).
     pub default_namespace: NamespaceConfig,
     /// `[namespaces.NAME]`: options of channels `NAME:...`. A channel whose
@@ -390,6 +396,134 @@ impl Default for BrokerConfig {
     }
 }
 
+/// Which message queue an `[ingest]` or `[upstream]` bridge uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueEngine {
+    /// No bridge. The default.
+    #[default]
+    Off,
+    /// A Redis Stream.
+    Redis,
+    /// A NATS JetStream stream.
+    Nats,
+}
+
+/// `[ingest]`: a consumer that reads publications from a message queue and
+/// publishes them to channels, as `POST /api/publish` would.
+///
+/// Every node runs one consumer of the same group, so each entry is handled
+/// by one node. An entry is acknowledged only after its publish succeeded; an
+/// entry that cannot be published (bad channel, invalid JSON) or that was
+/// delivered `max_deliveries` times goes to the dead-letter stream with the
+/// reason. Redelivered entries keep their idempotency key, so clients receive
+/// them once.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// `off` (the default), `redis` or `nats`.
+    pub engine: QueueEngine,
+    /// Where the queue is: a `redis://` URL or a `nats://` URL. Default:
+    /// empty, meaning `broker.url` for `redis` and `nats://127.0.0.1:4222`
+    /// for `nats`.
+    pub url: String,
+    /// The Redis Stream key, or the JetStream stream name. Default:
+    /// `wshub-ingest`.
+    pub stream: String,
+    /// NATS only: the subject the stream captures (created with the stream
+    /// if it does not exist). Default: `wshub.ingest`.
+    pub subject: String,
+    /// The consumer group (Redis) or durable consumer (NATS) the nodes share.
+    /// Default: `wshub`.
+    pub group: String,
+    /// Deliveries of one entry before it goes to the dead-letter stream.
+    /// Default: 5.
+    pub max_deliveries: u32,
+    /// Where entries that cannot be published go, with the reason: a Redis
+    /// Stream key, or a NATS subject. Default: `wshub-ingest-dead`.
+    pub dead_letter: String,
+    /// How long an entry may stay unacknowledged before another node takes it
+    /// over (Redis: `XAUTOCLAIM` min-idle; NATS: the consumer's ack wait).
+    /// Default: `30s`.
+    #[serde(with = "duration_str")]
+    pub claim_idle: Duration,
+    /// Entries fetched per read. Default: 64.
+    pub batch: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            engine: QueueEngine::Off,
+            url: String::new(),
+            stream: "wshub-ingest".to_owned(),
+            subject: "wshub.ingest".to_owned(),
+            group: "wshub".to_owned(),
+            max_deliveries: 5,
+            dead_letter: "wshub-ingest-dead".to_owned(),
+            claim_idle: Duration::from_secs(30),
+            batch: 64,
+        }
+    }
+}
+
+/// `[upstream]`: the stream that client publications on upstream channels
+/// (namespaces with `upstream = "also"` or `"only"`) are appended to, for
+/// backend workers. A client's `publish` is answered only after the queue
+/// acknowledged the append, so every acknowledged publish is in the stream
+/// at least once.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// `off` (the default), `redis` or `nats`.
+    pub engine: QueueEngine,
+    /// Where the queue is: a `redis://` URL or a `nats://` URL. Default:
+    /// empty, meaning `broker.url` for `redis` and `nats://127.0.0.1:4222`
+    /// for `nats`.
+    pub url: String,
+    /// The Redis Stream key, or the JetStream stream name (created if it
+    /// does not exist). Default: `wshub-upstream`.
+    pub stream: String,
+    /// NATS only: the subject messages are published on (the stream captures
+    /// it). Default: `wshub.upstream`.
+    pub subject: String,
+    /// Most entries kept in the stream (older ones are trimmed); `0` keeps
+    /// everything. Default: 1 000 000.
+    pub max_len: u64,
+    /// How long an append may take before the client's publish fails with
+    /// error 108. Default: `5s`.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            engine: QueueEngine::Off,
+            url: String::new(),
+            stream: "wshub-upstream".to_owned(),
+            subject: "wshub.upstream".to_owned(),
+            max_len: 1_000_000,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What happens to a client's publication in a namespace
+/// (`upstream` of a namespace).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamMode {
+    /// Fanned out to subscribers only. The default.
+    #[default]
+    Off,
+    /// Appended to the `[upstream]` stream and fanned out.
+    Also,
+    /// Appended to the `[upstream]` stream only; backends decide what to
+    /// publish.
+    Only,
+}
+
 /// Which broker engine runs the hub (`broker.engine`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -449,6 +583,10 @@ pub struct NamespaceConfig {
     /// Whether pushes tell subscribers who published (the publisher's user
     /// id and client id). Default: `true`.
     pub show_publisher: bool,
+    /// Whether client publications are appended to the `[upstream]` stream:
+    /// `off`, `also` (appended and fanned out) or `only` (appended, not
+    /// fanned out). Default: `off`.
+    pub upstream: UpstreamMode,
 }
 
 /// Who may subscribe to or publish in a namespace.
@@ -579,6 +717,7 @@ impl Default for NamespaceConfig {
             slow_consumer: SlowConsumer::Close,
             max_publication_size: 16 * 1024,
             show_publisher: true,
+            upstream: UpstreamMode::Off,
         }
     }
 }
@@ -1073,6 +1212,7 @@ impl HubConfig {
                 "must be 1 or more of A-Z a-z 0-9 _ - . :",
             ));
         }
+        self.check_queues()?;
         self.check_namespace(&["default_namespace"], &self.default_namespace)?;
         for (name, ns) in &self.namespaces {
             check_namespace_name(name)?;
@@ -1248,6 +1388,83 @@ impl HubConfig {
         Ok(())
     }
 
+    /// `[ingest]` and `[upstream]`: URLs that fit the engine, names a queue
+    /// accepts, and bounds that make sense.
+    fn check_queues(&self) -> Result<(), Invalid> {
+        let bridges = [
+            (
+                "ingest",
+                self.ingest.engine,
+                &self.ingest.url,
+                &self.ingest.stream,
+            ),
+            (
+                "upstream",
+                self.upstream.engine,
+                &self.upstream.url,
+                &self.upstream.stream,
+            ),
+        ];
+        for (section, engine, url, stream) in bridges {
+            let schemes: &[&str] = match engine {
+                QueueEngine::Off => continue,
+                QueueEngine::Redis => &["redis://", "rediss://"],
+                QueueEngine::Nats => &["nats://", "tls://"],
+            };
+            if !url.is_empty() && !schemes.iter().any(|s| url.starts_with(s)) {
+                return Err(invalid(
+                    &[section, "url"],
+                    format!("{url:?} does not start with {}", schemes.join(" or ")),
+                ));
+            }
+            if !is_queue_name(stream, engine) {
+                return Err(invalid(&[section, "stream"], queue_name_rule(engine)));
+            }
+        }
+        if self.ingest.engine != QueueEngine::Off {
+            let i = &self.ingest;
+            if i.group.is_empty() || !is_queue_name(&i.group, QueueEngine::Nats) {
+                return Err(invalid(
+                    &["ingest", "group"],
+                    queue_name_rule(QueueEngine::Nats),
+                ));
+            }
+            if i.dead_letter.is_empty() || i.dead_letter == i.stream {
+                return Err(invalid(
+                    &["ingest", "dead_letter"],
+                    "must be set and differ from ingest.stream",
+                ));
+            }
+            if i.max_deliveries == 0 {
+                return Err(invalid(&["ingest", "max_deliveries"], "must be at least 1"));
+            }
+            if i.claim_idle < Duration::from_secs(1) {
+                return Err(invalid(&["ingest", "claim_idle"], "must be at least 1s"));
+            }
+            if !(1..=10_000).contains(&i.batch) {
+                return Err(invalid(&["ingest", "batch"], "must be 1 to 10000"));
+            }
+            if i.engine == QueueEngine::Nats && i.subject.is_empty() {
+                return Err(invalid(
+                    &["ingest", "subject"],
+                    "must be set for engine nats",
+                ));
+            }
+        }
+        if self.upstream.engine != QueueEngine::Off {
+            if self.upstream.timeout.is_zero() {
+                return Err(invalid(&["upstream", "timeout"], "must be longer than 0s"));
+            }
+            if self.upstream.engine == QueueEngine::Nats && self.upstream.subject.is_empty() {
+                return Err(invalid(
+                    &["upstream", "subject"],
+                    "must be set for engine nats",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check_namespace(&self, prefix: &[&str], ns: &NamespaceConfig) -> Result<(), Invalid> {
         let key = |k: &str| -> KeyPath {
             let mut v = path_of(prefix);
@@ -1265,6 +1482,14 @@ impl HubConfig {
                 Some("history_size"),
                 "must be longer than 0s when history_size is above 0".to_owned(),
             ));
+        }
+        if ns.upstream != UpstreamMode::Off && self.upstream.engine == QueueEngine::Off {
+            return Err(Invalid {
+                key: key("upstream"),
+                also: Some(path_of(&["upstream", "engine"])),
+                reason: "needs an [upstream] stream: set upstream.engine to redis or nats"
+                    .to_owned(),
+            });
         }
         if ns.max_publication_size == 0 {
             return Err(fail(
@@ -1284,6 +1509,29 @@ impl HubConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// Whether `name` is usable as a stream (and, for NATS, consumer) name: NATS
+/// names exclude whitespace, `.`, `*`, `>` and path separators; Redis keys
+/// only need to be non-empty (and printable, to keep logs readable).
+fn is_queue_name(name: &str, engine: QueueEngine) -> bool {
+    let printable = (1..=256).contains(&name.len()) && name.chars().all(|c| !c.is_control());
+    match engine {
+        QueueEngine::Nats => {
+            printable
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+        }
+        _ => printable,
+    }
+}
+
+fn queue_name_rule(engine: QueueEngine) -> &'static str {
+    match engine {
+        QueueEngine::Nats => "use 1 to 256 characters from A-Z a-z 0-9 _ -",
+        _ => "use 1 to 256 printable characters",
     }
 }
 
@@ -2315,7 +2563,7 @@ mod tests {
         assert_eq!(
             parse_err("# comment\n\nlimtis = 1"),
             "wshub.toml line 3: unknown key `limtis` (expected one of server, tls, limits, \
-             auth, api, log, demo, broker, default_namespace, namespaces)"
+             auth, api, log, demo, broker, ingest, upstream, default_namespace, namespaces)"
         );
         let e = parse("[limits]\nmax_message_size = 1000\nmax_mesage_size = 1").unwrap_err();
         assert_eq!(e.line, Some(3));
@@ -2768,8 +3016,8 @@ mod tests {
             assert_eq!(keys.get(var).map(|p| key_string(p)), Some(key.to_owned()));
             assert_eq!(env_var_for_key(key).as_deref(), Some(var));
         }
-        // 11 + 3 + 15 + 11 + 1 + 2 + 3 + 3 keys; namespaces have none.
-        assert_eq!(keys.len(), 49);
+        // 11 + 3 + 15 + 11 + 1 + 2 + 3 + 3 + 9 + 6 keys; namespaces have none.
+        assert_eq!(keys.len(), 64);
         // Namespaces have no variables (`WSHUB_DEMO_NAMESPACE` is a demo key).
         assert!(keys
             .keys()
@@ -2984,7 +3232,7 @@ mod tests {
             (
                 "limtis.max_message_size=1",
                 "--set limtis.max_message_size: unknown key `limtis` (expected one of \
-                 server, tls, limits, auth, api, log, demo, broker, default_namespace, namespaces)",
+                 server, tls, limits, auth, api, log, demo, broker, ingest, upstream, default_namespace, namespaces)",
             ),
             (
                 "limits.max_msg=1",
@@ -3021,7 +3269,8 @@ mod tests {
                 "namespaces.chat.histroy=1",
                 "--set namespaces.chat: unknown key `histroy` (expected one of subscribe, \
                  publish, presence, join_leave, history_size, history_ttl, recovery_max, \
-                 max_subscribers, slow_consumer, max_publication_size, show_publisher)",
+                 max_subscribers, slow_consumer, max_publication_size, show_publisher, \
+                 upstream)",
             ),
             (
                 "limits.pong_timeout=30s",
@@ -3304,6 +3553,43 @@ mod tests {
     }
 
     #[test]
+    fn queue_sections_are_checked() {
+        for (toml, want) in [
+            (
+                "[ingest]\nengine = \"nats\"\nurl = \"redis://x\"",
+                "ingest.url: \"redis://x\" does not start with nats:// or tls://",
+            ),
+            (
+                "[ingest]\nengine = \"nats\"\nstream = \"a.b\"",
+                "ingest.stream: use 1 to 256 characters from A-Z a-z 0-9 _ -",
+            ),
+            (
+                "[ingest]\nengine = \"redis\"\ndead_letter = \"wshub-ingest\"",
+                "ingest.dead_letter: must be set and differ from ingest.stream",
+            ),
+            (
+                "[ingest]\nengine = \"redis\"\nmax_deliveries = 0",
+                "ingest.max_deliveries: must be at least 1",
+            ),
+            (
+                "[upstream]\nengine = \"redis\"\nurl = \"nats://x\"",
+                "upstream.url: \"nats://x\" does not start with redis:// or rediss://",
+            ),
+            (
+                "[namespaces.orders]\nupstream = \"only\"",
+                "namespaces.orders.upstream: needs an [upstream] stream",
+            ),
+        ] {
+            let e = parse_err(toml);
+            assert!(e.contains(want), "{toml:?}: {e}");
+        }
+        // Off bridges are not checked; configured ones pass with defaults.
+        parse("[ingest]\nurl = \"anything\"").unwrap();
+        parse("[ingest]\nengine = \"nats\"\n[upstream]\nengine = \"redis\"\n[namespaces.o]\nupstream = \"also\"")
+            .unwrap();
+    }
+
+    #[test]
     fn duration_keys_are_recognised_by_their_sample() {
         let schema = to_table(&schema_sample()).unwrap();
         let mut all = Vec::new();
@@ -3328,6 +3614,8 @@ mod tests {
                 "limits.connect_timeout",
                 "auth.leeway",
                 "demo.token_ttl",
+                "ingest.claim_idle",
+                "upstream.timeout",
                 "default_namespace.history_ttl",
             ]
         );
@@ -3468,7 +3756,7 @@ mod tests {
             });
             assert!(shown, "wshub.example.toml does not show {full}");
         }
-        assert_eq!(env_keys.len(), 49);
+        assert_eq!(env_keys.len(), 64);
 
         // And the docs list no key that does not exist.
         let schema_keys: Vec<(String, String)> = all

@@ -241,6 +241,9 @@ pub(crate) struct HubInner {
     pub(crate) demo_minter: Option<super::auth::Minter>,
     /// Channels with local subscribers.
     channel_count: AtomicUsize,
+    /// Where client publications on upstream namespaces go
+    /// ([`Hub::set_upstream`]).
+    pub(crate) upstream: std::sync::RwLock<Option<Arc<dyn super::queue::Upstream>>>,
 }
 
 #[derive(Default)]
@@ -284,6 +287,7 @@ impl Hub {
             started: Instant::now(),
             demo_minter,
             channel_count: AtomicUsize::new(0),
+            upstream: std::sync::RwLock::new(None),
         });
         let sink = Sink(Arc::downgrade(&inner));
         broker.set_sink(Arc::new(sink));

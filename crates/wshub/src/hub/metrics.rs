@@ -206,17 +206,20 @@ pub enum PublishSource {
     Client,
     /// The server API.
     Api,
+    /// A message-queue ingest bridge ([`Hub::ingest`](crate::hub::Hub::ingest)).
+    Ingest,
 }
 
 impl PublishSource {
     /// Every source, in label order.
-    pub const ALL: [PublishSource; 2] = [Self::Client, Self::Api];
+    pub const ALL: [PublishSource; 3] = [Self::Client, Self::Api, Self::Ingest];
 
-    /// The label value: `"client"` or `"api"`.
+    /// The label value: `"client"`, `"api"` or `"ingest"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Api => "api",
+            Self::Ingest => "ingest",
         }
     }
 

@@ -11,6 +11,8 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`protocol`]: the `wshub.v1` client protocol's messages (see
 //!   `docs/protocol.md`).
+//! - [`queue`]: the contract of the message-queue bridges (ingest and
+//!   upstream streams).
 //! - [`ratelimit`]: token buckets and per-IP limits.
 //! - `serve`: the accept loop (TLS, HTTP/1.1) and graceful shutdown.
 //! - `session`: one client connection speaking `wshub.v1`.
@@ -24,6 +26,7 @@ mod core;
 pub mod memory;
 pub mod metrics;
 pub mod protocol;
+pub mod queue;
 pub mod ratelimit;
 #[cfg(all(feature = "axum", feature = "tls"))]
 mod serve;

@@ -349,8 +349,9 @@ pub enum CommandResult {
     Subscribe(SubscribeResult),
     /// Reply to `unsubscribe`: `{}`.
     Unsubscribe,
-    /// Reply to `publish`: the publication's position.
-    Publish(Position),
+    /// Reply to `publish`: the publication's position, or that it went
+    /// upstream only.
+    Publish(PublishResult),
     /// Reply to `presence`.
     Presence(PresenceResult),
     /// Reply to `history`.
@@ -390,6 +391,44 @@ impl Serialize for CommandResult {
                 serializer.serialize_map(Some(0))?.end()
             }
         }
+    }
+}
+
+/// Result of `publish`.
+///
+/// A publication that was fanned out has a position (`offset` and `epoch`);
+/// one in a namespace with `upstream = "only"` has none and `upstream: true`
+/// (it was appended to the upstream stream for backends). With
+/// `upstream = "also"` both are present.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PublishResult {
+    /// The publication's offset, when it was fanned out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The epoch of `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// Whether it was appended to the upstream stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub upstream: bool,
+}
+
+impl PublishResult {
+    /// The result of a publication fanned out at `position`.
+    pub fn at(position: Position) -> PublishResult {
+        PublishResult {
+            offset: Some(position.offset),
+            epoch: Some(position.epoch),
+            upstream: false,
+        }
+    }
+
+    /// The position, when the publication was fanned out.
+    pub fn position(&self) -> Option<Position> {
+        Some(Position {
+            offset: self.offset?,
+            epoch: self.epoch.clone()?,
+        })
     }
 }
 

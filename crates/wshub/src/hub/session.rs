@@ -19,14 +19,15 @@ use wshub_proto::Message;
 
 use super::auth::{AuthError, Claims};
 use super::broker::{recover, Audience, HistoryFilter, Recovery};
-use super::config::{Access, NamespaceConfig};
+use super::config::{Access, NamespaceConfig, UpstreamMode};
 use super::core::{Control, Finish, Hub, OpError, PublishRequest, SessionEntry, PRESENCE_TTL};
 use super::metrics::{DisconnectReason, PublishSource};
 use super::protocol::{
     self, ChannelParams, ClientInfo, CommandResult, ConnectParams, ConnectResult, ErrorCode,
-    HistoryParams, Method, PresenceResult, PublishParams, RefreshParams, RefreshResult, Reply,
-    ReplyError, SubscribeParams, SubscribeResult, SUBPROTOCOL,
+    HistoryParams, Method, PresenceResult, PublishParams, PublishResult, RefreshParams,
+    RefreshResult, Reply, ReplyError, SubscribeParams, SubscribeResult, SUBPROTOCOL,
 };
+use super::queue::UpstreamMessage;
 use super::ratelimit::TokenBucket;
 use crate::close_codes;
 use crate::socket::Disconnect;
@@ -98,6 +99,8 @@ struct Session {
     /// The `exp` that `expiry_at` was computed for.
     expiry_for_exp: Option<u64>,
     expiry_at: Option<tokio::time::Instant>,
+    /// Client publications appended upstream so far (their ids).
+    upstream_seq: u64,
 }
 
 /// What the loop does after a command.
@@ -125,6 +128,7 @@ impl Session {
             registered: false,
             expiry_for_exp: None,
             expiry_at: None,
+            upstream_seq: 0,
         }
     }
 
@@ -642,8 +646,38 @@ impl Session {
             user: self.claims().sub.clone(),
             info: None,
         };
+        let data = Bytes::from(data);
+        let mut result = PublishResult::default();
+        if ns.upstream != UpstreamMode::Off {
+            if data.len() > ns.max_publication_size {
+                return Err(OpError::with(
+                    ErrorCode::MessageTooLarge,
+                    format!(
+                        "data is {} bytes; the namespace allows {}",
+                        data.len(),
+                        ns.max_publication_size
+                    ),
+                ));
+            }
+            self.upstream_seq += 1;
+            let msg = UpstreamMessage {
+                id: format!("{}-{}", self.client, self.upstream_seq),
+                channel: p.channel.clone(),
+                data: data.clone(),
+                user: info.user.clone(),
+                client: info.client.clone(),
+                time_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            };
+            self.hub.append_upstream(msg).await?;
+            result.upstream = true;
+            if ns.upstream == UpstreamMode::Only {
+                return Ok(CommandResult::Publish(result));
+            }
+        }
         let req = PublishRequest {
-            data: Bytes::from(data),
+            data,
             info: Some(info),
             tags: BTreeMap::new(),
             audience: Audience::default(),
@@ -651,7 +685,9 @@ impl Session {
             source: PublishSource::Client,
         };
         let position = self.hub.publish(&p.channel, req).await?;
-        Ok(CommandResult::Publish(position))
+        result.offset = Some(position.offset);
+        result.epoch = Some(position.epoch);
+        Ok(CommandResult::Publish(result))
     }
 
     async fn presence(&mut self, p: ChannelParams) -> Result<CommandResult, OpError> {
