@@ -84,6 +84,8 @@ level = "wshub::hub::session=debug,warn"
 engine = "redis"
 url = "redis://127.0.0.1:{redis_port}"
 [namespaces.chat]
+[namespaces.room]
+join_leave = true
 "#
         ),
     )
@@ -254,8 +256,11 @@ async fn api_get_json(port: u16, method: &str, path: &str, body: &str) -> Value 
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
-/// A node killed with SIGKILL cannot clean up: its clients vanish from
-/// presence (and the node from `/api/nodes`) once its lease lapses.
+/// A node killed with SIGKILL cannot clean up: once its lease lapses, its
+/// clients vanish from presence (and the node from `/api/nodes` and its
+/// channels from `/api/channels`), and the other nodes' subscribers get a
+/// leave push for each of its users who has no other tab left — carol, with
+/// a tab on the surviving node too, does not leave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_members_leave_presence() {
     let dir = temp_dir("kill");
@@ -278,14 +283,27 @@ async fn a_killed_nodes_members_leave_presence() {
             ws.send(json!({"id": 1, "method": "connect", "params": {"token": token}}).to_string())
                 .unwrap();
             recv_json(&mut ws).await;
-            let sub = json!({"id": 2, "method": "subscribe", "params": {"channel": "chat:p"}});
+            let sub = json!({"id": 2, "method": "subscribe", "params": {"channel": "room:p"}});
             ws.send(sub.to_string()).unwrap();
-            assert!(recv_json(&mut ws).await.get("result").is_some());
+            let reply = recv_json(&mut ws).await;
+            assert!(reply.get("result").is_some(), "{reply}");
             ws
         }
     };
-    let _alice = join(p1, "alice").await;
+    let mut alice = join(p1, "alice").await;
     let _bob = join(p2, "bob").await;
+    let _carol_on_2 = join(p2, "carol").await;
+    let _carol_on_1 = join(p1, "carol").await;
+    // alice sees bob and carol join, carol once for her two tabs.
+    let mut joined: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let p = recv_json(&mut alice).await;
+        assert_eq!(p["push"], "join", "{p}");
+        joined.push(p["member"]["user"].as_str().unwrap().to_owned());
+    }
+    joined.sort();
+    assert_eq!(joined, ["bob", "carol"]);
+
     let users = |v: &Value| -> Vec<String> {
         let mut u: Vec<String> = v["members"]
             .as_array()
@@ -298,31 +316,46 @@ async fn a_killed_nodes_members_leave_presence() {
         u.sort();
         u
     };
-    let body = json!({"channel": "chat:p"}).to_string();
+    let room = |v: &Value| -> Option<u64> {
+        v["channels"]
+            .as_array()?
+            .iter()
+            .find(|c| c["channel"] == "room:p")?["subscribers"]
+            .as_u64()
+    };
+    let body = json!({"channel": "room:p"}).to_string();
     let deadline = Instant::now() + WAIT;
     loop {
         let v = api_get_json(p1, "POST", "/api/presence", &body).await;
-        if users(&v) == ["alice", "bob"] {
+        let c = api_get_json(p1, "GET", "/api/channels", "").await;
+        // Node 1 counts its own two subscribers and node 2's announced two.
+        if users(&v) == ["alice", "bob", "carol", "carol"] && room(&c) == Some(4) {
             break;
         }
-        assert!(Instant::now() < deadline, "bob never showed up: {v}");
+        assert!(
+            Instant::now() < deadline,
+            "node 2's members never showed up: {v} {c}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     n2.0.kill().unwrap(); // SIGKILL: no drain, no cleanup
     let _ = n2.0.wait();
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = api_get_json(p1, "POST", "/api/presence", &body).await;
-        if users(&v) == ["alice"] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the killed node's member stayed: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // The next push alice gets is bob's leave (not carol's: her tab on node 1
+    // remains), then the marker publication.
+    let p = recv_json(&mut alice).await;
+    assert_eq!(p["push"], "leave", "{p}");
+    assert_eq!(p["member"]["user"], "bob", "{p}");
+    let marker = json!({"channel": "room:p", "data": "marker"}).to_string();
+    api_get_json(p1, "POST", "/api/publish", &marker).await;
+    let p = recv_json(&mut alice).await;
+    assert_eq!(p["push"], "pub", "{p}");
+    assert_eq!(p["data"], "marker", "{p}");
+
+    let v = api_get_json(p1, "POST", "/api/presence", &body).await;
+    assert_eq!(users(&v), ["alice", "carol"], "{v}");
+    let c = api_get_json(p1, "GET", "/api/channels", "").await;
+    assert_eq!(room(&c), Some(2), "{c}");
     let nodes = api_get_json(p1, "GET", "/api/nodes", "").await;
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 1, "{nodes}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -226,9 +226,11 @@ impl RedisBroker {
             .add_presence
             .key(self.key(channel, "presence"))
             .key(self.key(channel, "presence:exp"))
+            .key(self.key(channel, "presence:users"))
             .arg(&member.client)
             .arg(json)
             .arg(millis(ttl).max(1))
+            .arg(&member.user)
             .arg(events)
             .invoke_async(&mut self.commands.clone())
             .await
@@ -252,6 +254,7 @@ impl RedisBroker {
             .remove_presence
             .key(self.key(channel, "presence"))
             .key(self.key(channel, "presence:exp"))
+            .key(self.key(channel, "presence:users"))
             .arg(client)
             .arg(events)
             .invoke_async(&mut self.commands.clone())
@@ -264,13 +267,14 @@ impl RedisBroker {
         &self,
         channel: &str,
     ) -> Result<HashMap<String, ClientInfo>, BrokerError> {
-        let (members, expiry) = (
+        let (members, expiry, users) = (
             self.key(channel, "presence"),
             self.key(channel, "presence:exp"),
+            self.key(channel, "presence:users"),
         );
         let reply: HashMap<String, Vec<u8>> = retry_once(|| {
             let mut invocation = self.scripts.presence.key(&members);
-            invocation.key(&expiry);
+            invocation.key(&expiry).key(&users);
             let mut con = self.commands.clone();
             async move { invocation.invoke_async(&mut con).await }
         })
@@ -284,9 +288,116 @@ impl RedisBroker {
             })
             .collect()
     }
+
+    /// Every key matching `pattern`, by `SCAN`.
+    async fn scan(&self, pattern: &str) -> Result<Vec<String>, BrokerError> {
+        let mut conn = self.commands.clone();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        for _ in 0..1_000_000 {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(broker_error)?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn reap_node_now(&self, node: &str) -> Result<usize, BrokerError> {
+        // `{prefix}:{channel}:presence` for every channel with presence.
+        let head = format!("{}:{{", self.config.prefix);
+        let tail = "}:presence";
+        let mut removed = 0usize;
+        for key in self.scan(&format!("{head}*{tail}")).await? {
+            let Some(channel) = key
+                .strip_prefix(head.as_str())
+                .and_then(|k| k.strip_suffix(tail))
+            else {
+                continue;
+            };
+            let n: i64 = self
+                .scripts
+                .reap_presence
+                .key(self.key(channel, "presence"))
+                .key(self.key(channel, "presence:exp"))
+                .key(self.key(channel, "presence:users"))
+                .arg(format!("{node}-"))
+                .arg(self.subscriber.redis_channel(channel))
+                .invoke_async(&mut self.commands.clone())
+                .await
+                .map_err(broker_error)?;
+            removed += usize::try_from(n).unwrap_or(0);
+        }
+        Ok(removed)
+    }
+
+    fn node_channels_key(&self, node: &str) -> String {
+        format!("{}:nodechannels:{node}", self.config.prefix)
+    }
 }
 
 impl Broker for RedisBroker {
+    fn reap_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        Box::pin(self.reap_node_now(node))
+    }
+
+    fn announce_channels<'a>(
+        &'a self,
+        node: &'a str,
+        channels: Vec<(String, usize)>,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let json = serde_json::to_vec(&channels)
+                .map_err(|e| BrokerError::Internal(format!("encoding channels: {e}")))?;
+            redis::cmd("SET")
+                .arg(self.node_channels_key(node))
+                .arg(json)
+                .arg("PX")
+                .arg(millis(ttl).max(1))
+                .query_async::<()>(&mut self.commands.clone())
+                .await
+                .map_err(broker_error)
+        })
+    }
+
+    fn channels_of<'a>(
+        &'a self,
+        nodes: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, usize>, BrokerError>> {
+        Box::pin(async move {
+            let mut out: HashMap<String, usize> = HashMap::new();
+            for node in nodes {
+                // One GET per node (a handful), not MGET: the keys may live
+                // on different shards of a Redis Cluster.
+                let json: Option<Vec<u8>> = redis::cmd("GET")
+                    .arg(self.node_channels_key(node))
+                    .query_async(&mut self.commands.clone())
+                    .await
+                    .map_err(broker_error)?;
+                let Some(json) = json else { continue };
+                let list: Vec<(String, usize)> = serde_json::from_slice(&json)
+                    .map_err(|e| BrokerError::Internal(format!("stored channels: {e}")))?;
+                for (name, count) in list {
+                    *out.entry(name).or_insert(0) += count;
+                }
+            }
+            Ok(out)
+        })
+    }
+
     fn set_sink(&self, sink: Arc<dyn EventSink>) {
         self.subscriber.set_sink(sink);
     }
@@ -335,31 +446,13 @@ impl Broker for RedisBroker {
             // pattern matches node entries only. SCAN is fine for a
             // registry of a few nodes.
             let pattern = format!("{}:node:*", self.config.prefix);
-            let mut conn = self.commands.clone();
-            let mut keys: Vec<String> = Vec::new();
-            let mut cursor: u64 = 0;
-            for _ in 0..10_000 {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(100)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(broker_error)?;
-                keys.extend(batch);
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
+            let keys = self.scan(&pattern).await?;
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
             let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
                 .arg(&keys)
-                .query_async(&mut conn)
+                .query_async(&mut self.commands.clone())
                 .await
                 .map_err(broker_error)?;
             let mut nodes: Vec<NodeInfo> = values

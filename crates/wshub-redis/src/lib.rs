@@ -35,7 +35,16 @@
 //!   reports it for `/readyz`). Gaps from the outage are the hub's to recover
 //!   from history, by offset.
 //! * **Presence** is a hash of client id → `ClientInfo` JSON plus a sorted set
-//!   of expiry times per channel, pruned inside each presence script.
+//!   of expiry times per channel, pruned inside each presence script, and a
+//!   count of present clients per user, so a join event goes out with a
+//!   user's first client on any node and a leave with its last. When a node's
+//!   lease lapses, the nodes that saw it alive reap its members
+//!   ([`Broker::reap_node`](wshub::hub::broker::Broker::reap_node): a `SCAN`
+//!   of the presence keys and one script per channel), sending the leave
+//!   events it can no longer send itself.
+//! * **Channel lists**: each node stores its channels and their subscriber
+//!   counts under its own key with the node lease as TTL, so
+//!   `/api/channels` sums the live nodes' lists on any node.
 //!
 //! All of a channel's keys carry the `{channel}` hash tag, so on a Redis
 //! Cluster they share a slot and every script stays single-slot. (This crate

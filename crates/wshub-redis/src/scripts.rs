@@ -16,8 +16,15 @@
 //!   then `b` (the encoded publication body).
 //! * `{prefix}:{channel}:idem:{key}` — `"{offset}:{epoch}"` of the first
 //!   publication with that idempotency key.
-//! * `{prefix}:{channel}:presence` — hash client id → `ClientInfo` JSON, and
-//!   `{prefix}:{channel}:presence:exp` — sorted set client id → expiry ms.
+//! * `{prefix}:{channel}:presence` — hash client id → `ClientInfo` JSON,
+//!   `{prefix}:{channel}:presence:exp` — sorted set client id → expiry ms, and
+//!   `{prefix}:{channel}:presence:users` — hash user id → how many of its
+//!   clients are present (anonymous clients are not counted: each is its
+//!   own), which makes "first join / last leave of a user" one lookup.
+//!
+//! Outside the channel slots: `{prefix}:node:{id}` (a node's registry
+//! entry) and `{prefix}:nodechannels:{id}` (its channel list), both with the
+//! node lease as TTL.
 
 use redis::Script;
 
@@ -137,16 +144,30 @@ end
 return out
 ";
 
-/// Shared Lua prelude for presence: drops expired members of the hash
-/// `KEYS[1]` using the expiry set `KEYS[2]`.
+/// Shared Lua prelude for presence, over KEYS[1] (members hash), KEYS[2]
+/// (expiry set) and KEYS[3] (user counts): dropping one member, and pruning
+/// the expired ones.
 const PRUNE: &str = r"
+-- Removes client `id` (whose stored JSON is `info`) and returns whether it
+-- was its user's last client (always true for anonymous clients).
+local function drop_member(id, info)
+  redis.call('HDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  local ok, m = pcall(cjson.decode, info)
+  local user = ok and type(m) == 'table' and m.user or ''
+  if type(user) ~= 'string' or user == '' then return true end
+  local n = redis.call('HINCRBY', KEYS[3], user, -1)
+  if n <= 0 then
+    redis.call('HDEL', KEYS[3], user)
+    return true
+  end
+  return false
+end
 local function prune()
   local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', now))
-  for i = 1, #dead, 500 do
-    redis.call('HDEL', KEYS[1], unpack(dead, i, math.min(i + 499, #dead)))
-  end
-  if #dead > 0 then
-    redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%d', now))
+  for _, id in ipairs(dead) do
+    local info = redis.call('HGET', KEYS[1], id)
+    if info then drop_member(id, info) else redis.call('ZREM', KEYS[2], id) end
   end
 end
 prune()
@@ -154,38 +175,64 @@ prune()
 
 /// Add or refresh a presence member.
 ///
-/// KEYS: presence hash, expiry set. ARGV: client id, `ClientInfo` JSON, TTL
-/// ms, pub/sub channel for the join event (empty: no event). Returns 1 when
-/// the client was not present before.
+/// KEYS: presence hash, expiry set, user counts. ARGV: client id,
+/// `ClientInfo` JSON, TTL ms, user id, pub/sub channel for the join event
+/// (empty: no event). Returns 1 when the client was not present before, 2
+/// when it was also its user's first client (a join).
 const ADD_PRESENCE: &str = r"
 local existed = redis.call('ZSCORE', KEYS[2], ARGV[1])
 local ttl = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], string.format('%d', now + ttl), ARGV[1])
+local first = true
+if not existed and ARGV[4] ~= '' then
+  first = redis.call('HINCRBY', KEYS[3], ARGV[4], 1) == 1
+end
 local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
 local keep = string.format('%d', math.max(tonumber(last[2]) - now, 1))
 redis.call('PEXPIRE', KEYS[1], keep)
 redis.call('PEXPIRE', KEYS[2], keep)
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], keep) end
 if existed then return 0 end
-if ARGV[4] ~= '' then
-  redis.call('PUBLISH', ARGV[4], 'j\n' .. ARGV[2])
+if not first then return 1 end
+if ARGV[5] ~= '' then
+  redis.call('PUBLISH', ARGV[5], 'j\n' .. ARGV[2])
 end
-return 1
+return 2
 ";
 
 /// Remove a presence member.
 ///
-/// KEYS: presence hash, expiry set. ARGV: client id, pub/sub channel for the
-/// leave event (empty: no event). Returns 1 when the client was present.
+/// KEYS: presence hash, expiry set, user counts. ARGV: client id, pub/sub
+/// channel for the leave event (empty: no event). Returns 1 when the client
+/// was present, 2 when it was also its user's last client (a leave).
 const REMOVE_PRESENCE: &str = r"
 local info = redis.call('HGET', KEYS[1], ARGV[1])
 if not info then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
+if not drop_member(ARGV[1], info) then return 1 end
 if ARGV[2] ~= '' then
   redis.call('PUBLISH', ARGV[2], 'l\n' .. info)
 end
-return 1
+return 2
+";
+
+/// Remove every member of a node that died.
+///
+/// KEYS: presence hash, expiry set, user counts. ARGV: client id prefix
+/// (`{node}-`), pub/sub channel for leave events. Returns how many members
+/// were removed.
+const REAP_PRESENCE: &str = r"
+local removed = 0
+for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(id, 1, #ARGV[1]) == ARGV[1] then
+    local info = redis.call('HGET', KEYS[1], id)
+    removed = removed + 1
+    if drop_member(id, info) then
+      redis.call('PUBLISH', ARGV[2], 'l\n' .. info)
+    end
+  end
+end
+return removed
 ";
 
 /// Read presence. KEYS: presence hash, expiry set. Returns the live members
@@ -201,6 +248,7 @@ pub(crate) struct Scripts {
     pub(crate) history: Script,
     pub(crate) add_presence: Script,
     pub(crate) remove_presence: Script,
+    pub(crate) reap_presence: Script,
     pub(crate) presence: Script,
 }
 
@@ -213,6 +261,7 @@ impl Scripts {
             history: stream(HISTORY),
             add_presence: presence(ADD_PRESENCE),
             remove_presence: presence(REMOVE_PRESENCE),
+            reap_presence: presence(REAP_PRESENCE),
             presence: presence(PRESENCE),
         }
     }

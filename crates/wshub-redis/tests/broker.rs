@@ -509,6 +509,108 @@ async fn join_and_leave_travel_between_nodes() {
     assert!(rec_a.events().is_empty(), "a is not subscribed");
 }
 
+#[tokio::test]
+async fn a_users_first_join_and_last_leave_across_nodes_and_reaping_a_dead_node() {
+    let redis = RedisServer::start();
+    let (a, _) = node(&redis).await;
+    let (b, _) = node(&redis).await;
+    let (watch, rec) = node(&redis).await;
+    watch.subscribe("r").await.unwrap();
+    let ttl = Duration::from_secs(60);
+    // u1 opens a tab on node A, then one on node B: one join.
+    a.add_presence("r", member("na-1", "u1"), ttl, true)
+        .await
+        .unwrap();
+    b.add_presence("r", member("nb-1", "u1"), ttl, true)
+        .await
+        .unwrap();
+    // Two anonymous clients: a join each.
+    a.add_presence("r", member("na-2", ""), ttl, true)
+        .await
+        .unwrap();
+    b.add_presence("r", member("nb-2", ""), ttl, true)
+        .await
+        .unwrap();
+    // u1 closes the tab on A: not a leave, B's tab stays.
+    a.remove_presence("r", "na-1", true).await.unwrap();
+    // u2 has a tab on A only; u1 one more on A again.
+    a.add_presence("r", member("na-3", "u2"), ttl, true)
+        .await
+        .unwrap();
+    a.add_presence("r", member("na-4", "u1"), ttl, true)
+        .await
+        .unwrap();
+    // Node A dies: reaping removes its members; u2 and the anonymous client
+    // leave, u1 does not (its tab on B is still there). A second reap (another
+    // node doing the same) removes nothing more and sends nothing.
+    assert_eq!(b.reap_node("na").await.unwrap(), 3);
+    assert_eq!(watch.reap_node("na").await.unwrap(), 0);
+    let mut left: Vec<String> = b.presence("r").await.unwrap().into_keys().collect();
+    left.sort();
+    assert_eq!(left, ["nb-1", "nb-2"]);
+    assert_eq!(
+        b.presence_stats("r").await.unwrap(),
+        PresenceStats {
+            clients: 2,
+            users: 2
+        }
+    );
+    // u1's last tab goes: now it is a leave.
+    b.remove_presence("r", "nb-1", true).await.unwrap();
+    b.publish("r", data(0), PublishOptions::default())
+        .await
+        .unwrap();
+
+    let events = rec.wait_for(8).await;
+    let kinds: Vec<(char, String)> = events
+        .iter()
+        .map(|e| match e {
+            BrokerEvent::Join { member, .. } => ('j', member.client.clone()),
+            BrokerEvent::Leave { member, .. } => ('l', member.client.clone()),
+            BrokerEvent::Publication { .. } => ('p', String::new()),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    let want: Vec<(char, String)> = [('j', "na-1"), ('j', "na-2"), ('j', "nb-2"), ('j', "na-3")]
+        .iter()
+        .map(|(k, c)| (*k, (*c).to_owned()))
+        .collect();
+    assert_eq!(kinds[..4], want[..], "{kinds:?}");
+    // The reap's two leaves, in the hash's order.
+    let mut reaped = kinds[4..6].to_vec();
+    reaped.sort();
+    assert_eq!(reaped, [('l', "na-2".to_owned()), ('l', "na-3".to_owned())]);
+    assert_eq!(kinds[6], ('l', "nb-1".to_owned()));
+    assert_eq!(kinds[7].0, 'p');
+    assert_eq!(events.len(), 8);
+}
+
+#[tokio::test]
+async fn channels_announced_by_nodes_are_summed() {
+    let redis = RedisServer::start();
+    let (a, _) = node(&redis).await;
+    let (b, _) = node(&redis).await;
+    let ttl = Duration::from_secs(60);
+    a.announce_channels("na", vec![("x".into(), 2), ("y".into(), 1)], ttl)
+        .await
+        .unwrap();
+    b.announce_channels("nb", vec![("x".into(), 3)], ttl)
+        .await
+        .unwrap();
+    // A re-announcement replaces the old list.
+    b.announce_channels("nb", vec![("x".into(), 4)], ttl)
+        .await
+        .unwrap();
+    let got = a
+        .channels_of(&["na".to_owned(), "nb".to_owned(), "gone".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got["x"], 6);
+    assert_eq!(got["y"], 1);
+    assert_eq!(a.channels_of(&["nb".to_owned()]).await.unwrap()["x"], 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_redis_restart_with_a_new_epoch() {
     let mut redis = RedisServer::start();

@@ -583,9 +583,11 @@ async fn api_channels(State(app): State<App>, _key: ApiKey) -> Response {
     struct Out {
         channels: Vec<Item>,
     }
-    let channels = app
-        .hub
-        .channels()
+    let channels = match app.hub.cluster_channels().await {
+        Ok(c) => c,
+        Err(e) => return op_error(e),
+    };
+    let channels = channels
         .into_iter()
         .map(|(channel, subscribers)| Item {
             channel,

@@ -420,7 +420,9 @@ pub trait Broker: Send + Sync + 'static {
     /// entry vanishes unless added again before it expires. `member.client`
     /// is the key (a client is present at most once per channel). With
     /// `join_leave`, a [`BrokerEvent::Join`] is delivered when the client was
-    /// not present yet (not on a refresh).
+    /// not present yet (not on a refresh) **and** its user had no other
+    /// client present: a user's second tab, on this node or any other, is
+    /// not a join. Anonymous members (user `""`) each count on their own.
     fn add_presence<'a>(
         &'a self,
         channel: &'a str,
@@ -430,8 +432,11 @@ pub trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Removes `client` from `channel`'s presence. With `join_leave`, a
-    /// [`BrokerEvent::Leave`] is delivered when the client was present.
-    /// (Entries that merely expire produce no leave event.)
+    /// [`BrokerEvent::Leave`] is delivered when the client was present and
+    /// was its user's last client in the channel (anonymous members each
+    /// count on their own). Entries that merely expire produce no leave
+    /// event; the members of a node that died are removed, with their leave
+    /// events, by [`reap_node`](Self::reap_node).
     fn remove_presence<'a>(
         &'a self,
         channel: &'a str,
@@ -467,6 +472,47 @@ pub trait Broker: Send + Sync + 'static {
 
     /// The live nodes of the hub (announced and not lapsed), by node id.
     fn nodes<'a>(&'a self) -> BoxFuture<'a, Result<Vec<NodeInfo>, BrokerError>>;
+
+    /// Removes from every channel's presence the clients of `node` (client
+    /// ids `{node}-…`), a node that stopped renewing its registry lease, and
+    /// returns how many entries went. A [`BrokerEvent::Leave`] is delivered
+    /// for each removed member that was its user's last client in the
+    /// channel, whatever the namespace says (hubs deliver leave pushes only
+    /// in namespaces with `join_leave`). Safe to call from several nodes at
+    /// once: each entry is removed, and its event sent, once.
+    ///
+    /// The default does nothing: a single-process engine has no other nodes.
+    fn reap_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        let _ = node;
+        Box::pin(async { Ok(0) })
+    }
+
+    /// Records `channels` (name and local subscriber count) as `node`'s for
+    /// `ttl`, replacing what it recorded before, so any node can list the
+    /// hub's channels ([`channels_of`](Self::channels_of)).
+    ///
+    /// The default records nothing (a single-process engine has only the
+    /// local node, whose channels the hub knows itself).
+    fn announce_channels<'a>(
+        &'a self,
+        node: &'a str,
+        channels: Vec<(String, usize)>,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let _ = (node, channels, ttl);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The channels `nodes` announced with
+    /// [`announce_channels`](Self::announce_channels) and not lapsed, with
+    /// their subscriber counts summed over those nodes.
+    fn channels_of<'a>(
+        &'a self,
+        nodes: &'a [String],
+    ) -> BoxFuture<'a, Result<HashMap<String, usize>, BrokerError>> {
+        let _ = nodes;
+        Box::pin(async { Ok(HashMap::new()) })
+    }
 
     /// Whether the engine can currently deliver events (e.g. its pub/sub
     /// connection is up). `/readyz` answers 503 while it is not, so load

@@ -324,11 +324,14 @@ impl Hub {
             let mut tick = tokio::time::interval(NODE_ANNOUNCE);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_presence = tokio::time::Instant::now();
+            // Nodes seen alive at the previous tick.
+            let mut alive: HashSet<String> = HashSet::new();
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let hub = Hub { inner };
                 hub.announce().await;
+                alive = hub.reap_lapsed_nodes(alive).await;
                 if last_presence.elapsed() >= PRESENCE_REFRESH {
                     last_presence = tokio::time::Instant::now();
                     hub.refresh_presence().await;
@@ -358,6 +361,40 @@ impl Hub {
         {
             tracing::debug!(error = %e, "node announcement failed");
         }
+        if let Err(e) = self
+            .inner
+            .broker
+            .announce_channels(&self.inner.node, self.channels(), NODE_TTL)
+            .await
+        {
+            tracing::debug!(error = %e, "channel announcement failed");
+        }
+    }
+
+    /// Removes the presence entries (with their leave events) of nodes that
+    /// were alive at the previous tick and whose lease has lapsed since: they
+    /// crashed or were killed. Returns the nodes alive now. Every live node
+    /// does this; the broker removes each entry once.
+    async fn reap_lapsed_nodes(&self, before: HashSet<String>) -> HashSet<String> {
+        let now: HashSet<String> = match self.inner.broker.nodes().await {
+            Ok(nodes) => nodes.into_iter().map(|n| n.node).collect(),
+            // Unknown: keep the old view and try again next tick.
+            Err(_) => return before,
+        };
+        for node in before.difference(&now) {
+            if *node == self.inner.node {
+                continue;
+            }
+            match self.inner.broker.reap_node(node).await {
+                Ok(n) => {
+                    tracing::info!(%node, members = n, "node lapsed; its presence entries removed")
+                }
+                Err(e) => {
+                    tracing::warn!(%node, error = %e, "cannot remove a lapsed node's presence entries")
+                }
+            }
+        }
+        now
     }
 
     /// The hub's live nodes (from the broker's registry), this one always
@@ -391,10 +428,14 @@ impl Hub {
             }
         }
         for (channel, member) in members {
+            // A refresh is silent, but an entry that was lost meanwhile (the
+            // node was taken for dead, Redis restarted empty) comes back as
+            // a join.
+            let join_leave = self.namespace(&channel).is_ok_and(|ns| ns.join_leave);
             if let Err(e) = self
                 .inner
                 .broker
-                .add_presence(&channel, member, PRESENCE_TTL, false)
+                .add_presence(&channel, member, PRESENCE_TTL, join_leave)
                 .await
             {
                 tracing::warn!(%channel, error = %e, "presence refresh failed");
@@ -735,6 +776,13 @@ impl Hub {
                 tokio::spawn(async move { hub.resync().await });
             }
             BrokerEvent::Control(command) => self.apply_control(command),
+            BrokerEvent::Join { channel, member } | BrokerEvent::Leave { channel, member }
+                if !self.namespace(&channel).is_ok_and(|ns| ns.join_leave) =>
+            {
+                // Reaping a dead node's members sends leave events whatever
+                // the namespace says; only namespaces with join_leave show them.
+                let _ = (channel, member);
+            }
             BrokerEvent::Join { channel, member } => {
                 let client = member.client.clone();
                 self.deliver_member_push(&channel.clone(), &client, Push::Join { channel, member });
@@ -882,6 +930,30 @@ impl Hub {
             });
         }
         self.inner.metrics.unsubscribed();
+    }
+
+    /// The hub's channels across all live nodes, with their subscriber
+    /// counts summed, sorted by name: this node's now, other nodes' as they
+    /// announced them (at most [`NODE_ANNOUNCE`] old).
+    pub async fn cluster_channels(&self) -> Result<Vec<(String, usize)>, OpError> {
+        let others: Vec<String> = self
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|n| n.node)
+            .filter(|n| *n != self.inner.node)
+            .collect();
+        let mut all = if others.is_empty() {
+            HashMap::new()
+        } else {
+            self.inner.broker.channels_of(&others).await?
+        };
+        for (name, count) in self.channels() {
+            *all.entry(name).or_insert(0) += count;
+        }
+        let mut out: Vec<(String, usize)> = all.into_iter().collect();
+        out.sort();
+        Ok(out)
     }
 
     // -----------------------------------------------------------------------

@@ -187,6 +187,15 @@ impl Channel {
         self.idempotency.retain(|_, (_, expires)| *expires > now);
     }
 
+    /// Whether `member`'s user has another live client in the presence
+    /// (anonymous members never share: each is its own).
+    fn user_present(&self, member: &ClientInfo, now: Instant) -> bool {
+        !member.user.is_empty()
+            && self.presence.iter().any(|(client, p)| {
+                *client != member.client && p.expires > now && p.member.user == member.user
+            })
+    }
+
     /// Nothing worth keeping (call after `prune`).
     fn is_idle(&self) -> bool {
         !self.subscribed
@@ -416,7 +425,7 @@ impl MemoryBroker {
                 true
             }
         };
-        if joined && join_leave && state.subscribed {
+        if joined && join_leave && state.subscribed && !state.user_present(&member, now) {
             self.deliver(BrokerEvent::Join {
                 channel: channel.to_owned(),
                 member,
@@ -432,7 +441,11 @@ impl MemoryBroker {
         };
         let removed = state.presence.remove(client);
         if let Some(entry) = removed {
-            if entry.expires > now && join_leave && state.subscribed {
+            if entry.expires > now
+                && join_leave
+                && state.subscribed
+                && !state.user_present(&entry.member, now)
+            {
                 self.deliver(BrokerEvent::Leave {
                     channel: channel.to_owned(),
                     member: entry.member,
@@ -1165,6 +1178,38 @@ mod tests {
         advance(ttl).await;
         b.add_presence("a", member("c3", "u3"), ttl, true).await?;
         assert_eq!(rec.take().len(), 2);
+        // A user's second client is neither a join nor, while the first
+        // stays, a leave; anonymous clients each count.
+        b.add_presence("a", member("t1", "u9"), ttl, true).await?;
+        b.add_presence("a", member("t2", "u9"), ttl, true).await?;
+        b.remove_presence("a", "t1", true).await?;
+        b.add_presence("a", member("x1", ""), ttl, true).await?;
+        b.add_presence("a", member("x2", ""), ttl, true).await?;
+        assert_eq!(
+            rec.take(),
+            [
+                BrokerEvent::Join {
+                    channel: "a".into(),
+                    member: member("t1", "u9"),
+                },
+                BrokerEvent::Join {
+                    channel: "a".into(),
+                    member: member("x1", ""),
+                },
+                BrokerEvent::Join {
+                    channel: "a".into(),
+                    member: member("x2", ""),
+                },
+            ]
+        );
+        b.remove_presence("a", "t2", true).await?;
+        assert_eq!(
+            rec.take(),
+            [BrokerEvent::Leave {
+                channel: "a".into(),
+                member: member("t2", "u9"),
+            }]
+        );
         // Not subscribed: no events.
         b.add_presence("quiet", member("c1", "u1"), ttl, true)
             .await?;
