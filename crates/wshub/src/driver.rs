@@ -110,33 +110,48 @@ where
     }
 
     /// Runs the connection to its end, then lets the handler finish.
-    pub(crate) async fn run(mut self) -> Disconnect {
-        let reason = poll_fn(|cx| self.poll_open(cx)).await;
-        let graceful = matches!(
-            reason,
-            Disconnect::Closed { .. } | Disconnect::Protocol(_) | Disconnect::SlowConsumer
-        );
-        self.finish(reason.clone());
-        if graceful {
-            // Write what is left (the close frame), close our side, and wait for
-            // the peer to close its side so the kernel does not answer unread
-            // data with a reset that could destroy the close frame in flight.
-            let io = &mut self.io;
-            let conn = &mut self.conn;
-            let _ = tokio::time::timeout(self.close_timeout, async move {
-                flush_all(io, conn).await?;
-                io.shutdown().await?;
-                let mut sink = [0u8; 4096];
-                while io.read(&mut sink).await? != 0 {}
-                io::Result::Ok(())
-            })
-            .await;
+    ///
+    /// An `async` block rather than an `async fn`: an `async fn` keeps its
+    /// by-value `self` twice in its state (the argument and the body's copy,
+    /// rust-lang/rust#62958), which every idle connection would pay for.
+    #[allow(clippy::manual_async_fn)] // an async block on purpose (rust-lang/rust#62958)
+    pub(crate) fn run(self) -> impl Future<Output = Disconnect> {
+        let mut this = self;
+        async move {
+            let reason = poll_fn(|cx| this.poll_open(cx)).await;
+            let graceful = matches!(
+                reason,
+                Disconnect::Closed { .. } | Disconnect::Protocol(_) | Disconnect::SlowConsumer
+            );
+            this.finish(reason.clone());
+            if graceful {
+                // Boxed: the closing states (a timer, the writes, a read
+                // buffer) would otherwise be part of every connection's task
+                // for its whole life, idle or not.
+                Box::pin(this.close_gracefully()).await;
+            }
+            drop(this.io);
+            if let Some(h) = this.handler.take() {
+                h.await;
+            }
+            reason
         }
-        drop(self.io);
-        if let Some(h) = self.handler.take() {
-            h.await;
-        }
-        reason
+    }
+
+    /// Writes what is left (the close frame), closes our side, and waits for
+    /// the peer to close its side, so the kernel does not answer unread data
+    /// with a reset that could destroy the close frame in flight.
+    async fn close_gracefully(&mut self) {
+        let io = &mut self.io;
+        let conn = &mut self.conn;
+        let _ = tokio::time::timeout(self.close_timeout, async move {
+            flush_all(io, conn).await?;
+            io.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            while io.read(&mut sink).await? != 0 {}
+            io::Result::Ok(())
+        })
+        .await;
     }
 
     /// Marks the connection ended for the application.
