@@ -157,6 +157,7 @@ async fn fanout_to_relay_receivers() {
     assert_clean(&v, "deliveries");
     assert_eq!(v["mode"], "fanout");
     assert_eq!(v["deliveries"], v["sent"].as_u64().unwrap() * 5, "{v}");
+    assert!(v["generator_cpu_percent"].as_f64().is_some(), "{v}");
     assert!(v["p99_ms"].as_f64().unwrap() > 0.0);
     assert!(out.contains("deliveries per second"), "{out}");
     let svg = std::fs::read_to_string(svg).unwrap();
@@ -190,10 +191,21 @@ async fn echo_checks_every_byte() {
     let v = v.unwrap();
     assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["errors"], 0);
-    // The fields bench/echo-vs-ws.sh reads.
-    for k in ["msg_per_sec", "p50_ms", "p99_ms", "server_cpu_us_per_msg"] {
+    // The fields bench/echo-vs-ws.sh and bench/compare.sh read.
+    for k in [
+        "msg_per_sec",
+        "p50_ms",
+        "p99_ms",
+        "server_cpu_us_per_msg",
+        "generator_cpu_percent",
+    ] {
         assert!(v.get(k).is_some(), "{k} missing in {v}");
     }
+    // The generator's own CPU over the window: a share of the cores its
+    // single-threaded runtime (plus the main thread) can use, and not zero
+    // when it echoed messages for a second.
+    let generator = v["generator_cpu_percent"].as_f64().unwrap();
+    assert!(generator > 0.0 && generator <= 200.0, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,6 +5,10 @@
 //! ```text
 //! cargo run --release --example echo -- 127.0.0.1:9001
 //! ```
+//!
+//! The heartbeat is the library's default (a ping every 25 s);
+//! `WSHUB_EXAMPLE_PING_MS` changes the interval, so that the comparison
+//! suite's idle case (`bench/compare.sh`) sees pings within a short hold.
 mod common;
 
 use wshub::{Config, Server};
@@ -25,7 +29,15 @@ async fn main() -> anyhow::Result<()> {
         .with_max_message_size(64 << 20)
         .with_max_frame_size(64 << 20)
         .with_max_fragments(1 << 20);
-    let config = Config::builder()
+    let mut config = Config::builder();
+    if let Ok(ms) = std::env::var("WSHUB_EXAMPLE_PING_MS") {
+        let ms: u64 = ms
+            .parse()
+            .map_err(|e| anyhow::anyhow!("WSHUB_EXAMPLE_PING_MS={ms:?}: {e}"))?;
+        let interval = std::time::Duration::from_millis(ms.max(1));
+        config = config.ping_interval(Some(interval)).pong_timeout(interval);
+    }
+    let config = config
         .limits(limits)
         .max_queue_bytes(128 << 20)
         .deflate(true)

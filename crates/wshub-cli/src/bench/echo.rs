@@ -91,6 +91,7 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
     let count = shared.received.load(Ordering::Acquire);
     let elapsed = start.elapsed();
     let cpu_us = cpu.finish(count)?;
+    let generator = cpu.generator_percent();
     shared.measuring.store(false, Ordering::Release);
     shared.stop.store(true, Ordering::Release);
     let rates = progress.finish().await;
@@ -137,6 +138,12 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         cpu_us.map_or("-".into(), |c| format!("{c:.2} µs")),
         "server_cpu_us_per_msg",
         cpu_us.map(|c| (c * 1000.0).round() / 1000.0),
+    );
+    r.row(
+        "generator CPU (% of a core)",
+        generator.map_or("-".into(), |g| format!("{g:.1} %")),
+        "generator_cpu_percent",
+        generator,
     );
     r.count("failed connections", "errors", errors);
     r.rates("messages/s", rates);

@@ -198,6 +198,7 @@ pub(super) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let send_time = send_start.elapsed();
     let delivered = shared.delivered.load(Ordering::Acquire) - delivered_before;
     let cpu_us = cpu.finish(delivered)?;
+    let generator = cpu.generator_percent();
     let drain_deadline =
         tokio::time::Instant::now() + Duration::from_secs(args.drain.clamp(1, 600));
     let _ = finish_tx.send(Some((sent, drain_deadline)));
@@ -263,6 +264,12 @@ pub(super) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         cpu_us.map_or("-".into(), |c| format!("{c:.3} µs")),
         "server_cpu_us_per_delivery",
         cpu_us.map(|c| (c * 1000.0).round() / 1000.0),
+    );
+    r.row(
+        "generator CPU (% of a core)",
+        generator.map_or("-".into(), |g| format!("{g:.1} %")),
+        "generator_cpu_percent",
+        generator,
     );
     r.rates("deliveries/s", rates);
     r.emit(&args.common)?;

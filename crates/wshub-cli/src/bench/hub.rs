@@ -270,6 +270,7 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
     let send_time = send_start.elapsed();
     let delivered = shared.delivered.load(Ordering::Acquire);
     let cpu_us = cpu.finish(delivered)?;
+    let generator = cpu.generator_percent();
     let drain_deadline =
         tokio::time::Instant::now() + Duration::from_secs(args.drain.clamp(1, 600));
     let _ = finish_tx.send(Some(drain_deadline));
@@ -344,6 +345,7 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
         "server_cpu_us_per_delivery",
         cpu_us.map(|c| (c * 1000.0).round() / 1000.0),
     );
+    r.field("generator_cpu_percent", generator);
     r.rates("deliveries/s", rates);
     r.emit(&args.common)?;
     if let Some(e) = shared

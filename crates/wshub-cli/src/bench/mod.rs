@@ -157,16 +157,33 @@ pub(crate) fn process_rss(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Server CPU over a measured window: start it, then `finish` with the count
-/// of messages to divide by.
+/// of messages to divide by. It also watches the generator's own CPU, to
+/// tell whether the load generator rather than the server was the limit.
 pub(crate) struct CpuProbe {
     pid: Option<u32>,
     before: Option<Duration>,
+    started: std::time::Instant,
+    own_before: Option<Duration>,
 }
 
 impl CpuProbe {
     pub(crate) fn start(pid: Option<u32>) -> anyhow::Result<CpuProbe> {
         let before = pid.map(process_cpu).transpose()?;
-        Ok(CpuProbe { pid, before })
+        Ok(CpuProbe {
+            pid,
+            before,
+            started: std::time::Instant::now(),
+            own_before: process_cpu(std::process::id()).ok(),
+        })
+    }
+
+    /// The generator's CPU use since `start`, in percent of one core (all of
+    /// its threads together), if /proc could be read.
+    pub(crate) fn generator_percent(&self) -> Option<f64> {
+        let before = self.own_before?;
+        let used = process_cpu(std::process::id()).ok()?.saturating_sub(before);
+        let wall = self.started.elapsed().as_secs_f64();
+        (wall > 0.0).then(|| (used.as_secs_f64() * 1000.0 / wall).round() / 10.0)
     }
 
     /// Microseconds of server CPU per message, if a PID was given.

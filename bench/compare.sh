@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# The side-by-side comparison suite of issue 4, in one command: builds wshub's
+# `echo` and `broadcast` examples, the `wshub` CLI (its `bench` load generator,
+# the same client for every server), the Rust peers of bench/compare/
+# (tokio-tungstenite and fastwebsockets, outside the product's workspace) and
+# installs Node `ws` 8 for the seed's own code (bench/node/), then runs every
+# case against every server in one run and writes bench/COMPARISON.md,
+# bench/comparison.json and the charts in bench/charts/.
+#
+# Each server is pinned to CPU 0 and the generator to CPU 1 (`taskset`); every
+# server uses one core (the Rust ones run `#[tokio::main]`, whose worker count
+# follows the CPUs the process may use: one). Each case is repeated, the
+# servers alternate within a repeat (in a rotated order), and the tables give
+# medians. Server CPU time per message is utime+stime from /proc/PID/stat over
+# the measured window; server RSS (VmRSS) and threads come from /proc/PID/status
+# after the run.
+#
+#   bench/compare.sh [--repeats N] [--seconds S] [--quick] [--cases LIST]
+#                    [--idle-connections N] [--hold S] [--out FILE.md]
+#
+#   --repeats N      runs of each case per server (default 3; --quick: 1)
+#   --seconds S      measured seconds of each echo, fan-out and hub run
+#                    (default 10; --quick: 2)
+#   --quick          a smoke run: the defaults above, a short idle hold, and
+#                    COMPARISON.md says in its first line that it is one
+#   --cases LIST     comma-separated subset of: echo-100x64, echo-1000x64,
+#                    echo-100x16k, fanout-1000, fanout-5000, idle, hub-5000
+#   --idle-connections N   idle connections (default 19500)
+#   --hold S         seconds the idle connections are held (default 15;
+#                    --quick: 6); wshub's heartbeat pings every 5 s meanwhile
+#   --out FILE.md    where the Markdown goes (default bench/COMPARISON.md; the
+#                    JSON and charts go beside it)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+invocation="bench/compare.sh${*:+ $*}"
+
+repeats= seconds= hold= quick=0 idle_conns=19500 only= out_md=bench/COMPARISON.md
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case $1 in
+    --repeats) repeats=$2; shift 2 ;;
+    --seconds) seconds=$2; shift 2 ;;
+    --hold) hold=$2; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --cases) only=$2; shift 2 ;;
+    --idle-connections) idle_conns=$2; shift 2 ;;
+    --out) out_md=$2; shift 2 ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+if [ "$quick" = 1 ]; then
+  repeats=${repeats:-1} seconds=${seconds:-2} hold=${hold:-6}
+else
+  repeats=${repeats:-3} seconds=${seconds:-10} hold=${hold:-15}
+fi
+for n in "$repeats" "$seconds" "$hold" "$idle_conns"; do
+  case $n in '' | *[!0-9]* | 0) echo "counts and durations must be positive integers, got '$n'" >&2; exit 2 ;; esac
+done
+all_cases="echo-100x64 echo-1000x64 echo-100x16k fanout-1000 fanout-5000 idle hub-5000"
+cases=${only//,/ }
+cases=${cases:-$all_cases}
+for c in $cases; do
+  case " $all_cases " in *" $c "*) ;; *) echo "unknown case '$c' (one of: $all_cases)" >&2; exit 2 ;; esac
+done
+wanted() { case " $cases " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+command -v taskset >/dev/null || { echo "taskset is missing (Debian: util-linux)" >&2; exit 1; }
+if [ "$(nproc --all)" -lt 2 ]; then
+  echo "the suite pins the server to CPU 0 and the generator to CPU 1: it needs 2 CPUs" >&2
+  exit 1
+fi
+
+# Idle connections need a descriptor each, in the server and in the generator.
+soft=$(ulimit -Sn) hard=$(ulimit -Hn)
+if [ "$soft" != "$hard" ]; then
+  ulimit -n "$hard"
+  echo "raised the soft open-files limit (RLIMIT_NOFILE) from $soft to the hard limit $hard"
+else
+  echo "open-files limit (RLIMIT_NOFILE): soft = hard = $hard; nothing to raise"
+fi
+if [ "$hard" != unlimited ] && [ $((idle_conns + 200)) -gt "$hard" ]; then
+  echo "--idle-connections $idle_conns needs about $((idle_conns + 200)) open files; the limit is $hard" >&2
+  exit 1
+fi
+
+started=$(date +%s)
+echo "== building (release): wshub examples and CLI, the Rust peers, Node ws"
+target=${CARGO_TARGET_DIR:-$root/target}
+cargo build --release --locked -p wshub --example echo --example broadcast -p wshub-cli --bin wshub
+cargo build --release --locked --manifest-path bench/compare/Cargo.toml --target-dir "$target"
+(cd bench/node && npm ci --no-audit --no-fund --loglevel=error)
+bin=$target/release
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/wshub-compare.XXXXXX")
+mkdir -p "$work/runs" "$work/logs"
+echo "== raw results and server logs: $work"
+: >"$work/runs.tsv"
+: >"$work/commands.tsv"
+cat /proc/loadavg >"$work/load-start"
+
+servers=(wshub ws tokio-tungstenite fastwebsockets)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start SERVER KIND [ENV=VALUE…]: starts it on CPU 0 on a free port; sets
+# $port and $pid. KIND is echo, broadcast or hub.
+start() {
+  local server=$1 kind=$2
+  shift 2
+  port=$(free_port)
+  local cmd
+  case $server in
+    wshub) cmd=("$bin/examples/$kind" "127.0.0.1:$port") ;;
+    ws) cmd=(node "$root/bench/node/$kind.js" "127.0.0.1:$port") ;;
+    tokio-tungstenite) cmd=("$bin/tungstenite-$kind" "127.0.0.1:$port") ;;
+    fastwebsockets) cmd=("$bin/fastws-$kind" "127.0.0.1:$port") ;;
+    wshub-hub) cmd=("$bin/wshub" serve --config "$work/hub.toml" --listen "127.0.0.1:$port") ;;
+  esac
+  local log="$work/logs/$server-$kind-$port.log"
+  env RUST_LOG=warn "$@" taskset -c 0 "${cmd[@]}" >"$log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  echo "$server ($kind) did not start listening on port $port:" >&2
+  tail -20 "$log" >&2
+  exit 1
+}
+
+stop() {
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+}
+
+# run CASE KIND SERVER REPEAT PID PORT MODE ARGS…: one `wshub bench` run on
+# CPU 1, bounded in time; a failure is recorded, not fatal.
+run() {
+  local case=$1 kind=$2 server=$3 r=$4 spid=$5 sport=$6
+  shift 6
+  local base="$work/runs/$case-$server-$r"
+  local cmd=(taskset -c 1 "$bin/wshub" bench "$@" --server-pid "$spid" --json "$base.json" -q)
+  local shown="${cmd[*]}"
+  shown=${shown//$bin/\$BIN}
+  shown=${shown//$base.json/RESULT.json}
+  shown=${shown//127.0.0.1:$sport/127.0.0.1:\$PORT}
+  shown=${shown//--server-pid $spid/--server-pid \$SERVER_PID}
+  printf '%s\t%s\t%s\n' "$case" "$server" "$shown" >>"$work/commands.tsv"
+  local t0 status=ok
+  t0=$(date +%s.%N)
+  if ! timeout $((seconds + hold + 300)) "${cmd[@]}" >"$base.out" 2>&1; then
+    status=failed
+    echo "   $case / $server / run $r FAILED: $(tail -2 "$base.out" | tr '\n' ' ')"
+  fi
+  local wall
+  wall=$(python3 -c "import time; print(round(time.time() - $t0, 1))")
+  local rss threads
+  rss=$(awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$spid/status" 2>/dev/null || echo 0)
+  threads=$(awk '/^Threads:/ {print $2}' "/proc/$spid/status" 2>/dev/null || echo 0)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$case" "$kind" "$server" "$r" "$status" "$rss" "$wall" \
+    "$threads" >>"$work/runs.tsv"
+  printf '   %-13s %-18s run %s: %s (%ss)\n' "$case" "$server" "$r" "$status" "$wall"
+}
+
+# The servers in the order of repeat R (rotated, so no server always goes first).
+order() {
+  local r=$1 n=${#servers[@]} i
+  for i in $(seq 0 $((n - 1))); do echo "${servers[$(((i + r - 1) % n))]}"; done
+}
+
+echo_cases=()
+for c in echo-100x64:100:64 echo-1000x64:1000:64 echo-100x16k:100:16384; do
+  wanted "${c%%:*}" && echo_cases+=("$c")
+done
+if [ ${#echo_cases[@]} -gt 0 ]; then
+  echo "== echo: ${echo_cases[*]%%:*} ($repeats × $seconds s each)"
+  declare -A spid sport
+  for s in "${servers[@]}"; do start "$s" echo; spid[$s]=$pid; sport[$s]=$port; done
+  for c in "${echo_cases[@]}"; do
+    IFS=: read -r name conns size <<<"$c"
+    for r in $(seq "$repeats"); do
+      for s in $(order "$r"); do
+        run "$name" echo "$s" "$r" "${spid[$s]}" "${sport[$s]}" \
+          echo "ws://127.0.0.1:${sport[$s]}/" -c "$conns" -w 1 -s "$size" -d "$seconds"
+      done
+    done
+  done
+  for s in "${servers[@]}"; do stop "${spid[$s]}"; done
+fi
+
+fanout_cases=()
+for c in fanout-1000:1000 fanout-5000:5000; do
+  wanted "${c%%:*}" && fanout_cases+=("$c")
+done
+if [ ${#fanout_cases[@]} -gt 0 ]; then
+  echo "== fan-out: ${fanout_cases[*]%%:*} ($repeats × $seconds s each)"
+  declare -A spid sport
+  for s in "${servers[@]}"; do start "$s" broadcast; spid[$s]=$pid; sport[$s]=$port; done
+  for c in "${fanout_cases[@]}"; do
+    IFS=: read -r name receivers <<<"$c"
+    for r in $(seq "$repeats"); do
+      for s in $(order "$r"); do
+        # Saturation: the sender keeps 8 messages ahead of the slowest receiver.
+        run "$name" fanout "$s" "$r" "${spid[$s]}" "${sport[$s]}" \
+          fanout "ws://127.0.0.1:${sport[$s]}/" -r "$receivers" -w 8 -s 64 -d "$seconds" --drain 5
+      done
+    done
+  done
+  for s in "${servers[@]}"; do stop "${spid[$s]}"; done
+fi
+
+if wanted idle; then
+  echo "== idle: $idle_conns connections held $hold s, a fresh echo server per run"
+  for r in $(seq "$repeats"); do
+    for s in $(order "$r"); do
+      # wshub's heartbeat is on in every example (a ping every 25 s by
+      # default); every 5 s here, so the hold sees pings answered.
+      start "$s" echo WSHUB_EXAMPLE_PING_MS=5000
+      sleep 0.5
+      run idle idle "$s" "$r" "$pid" "$port" \
+        idle "ws://127.0.0.1:$port/" -c "$idle_conns" --hold "$hold"
+      stop "$pid"
+    done
+  done
+fi
+
+if wanted hub-5000; then
+  echo "== hub: 5000 subscribers of one channel, publications through the HTTP API"
+  cat >"$work/hub.toml" <<'TOML'
+# The hub of bench/compare.sh: anonymous subscribers (no token minting in
+# the measured path), no per-IP limits (every client comes from 127.0.0.1).
+[limits]
+max_connections_per_ip = 0
+handshake_rate_per_ip = 0.0
+[auth]
+allow_anonymous = true
+[api]
+key = "compare-suite-api-key"
+[log]
+level = "warn"
+[namespaces.bench]
+subscribe = "all"
+presence = false
+TOML
+  start wshub-hub hub
+  for r in $(seq "$repeats"); do
+    # 20 publications/s × 5000 subscribers = 100,000 deliveries/s offered.
+    run hub-5000 hub wshub "$r" "$pid" "$port" \
+      hub "http://127.0.0.1:$port" --api-key compare-suite-api-key -c 5000 --channels 1 \
+      --publishers 1 --rate 20 -s 64 -d "$seconds" --drain 5
+  done
+  stop "$pid"
+fi
+cat /proc/loadavg >"$work/load-end"
+
+echo "== report"
+out_dir=$(dirname "$out_md")
+python3 bench/compare/report.py "$work" "$out_md" "$out_dir/comparison.json" \
+  --repeats "$repeats" --seconds "$seconds" --hold "$hold" --quick "$quick" \
+  --idle-connections "$idle_conns" --elapsed $(($(date +%s) - started)) \
+  --command "$invocation"
+"$bin/compare-charts" "$out_dir/comparison.json" "$out_dir/charts"
+echo "== done in $(($(date +%s) - started)) s: $out_md, $out_dir/comparison.json, $out_dir/charts/"

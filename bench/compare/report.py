@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""Turns the raw runs of bench/compare.sh into bench/COMPARISON.md (tables,
+machine, exact commands, the issue-4 targets) and bench/comparison.json (the
+medians, read by the chart tool `compare-charts`).
+
+    report.py WORK_DIR OUT.md OUT.json --repeats N --seconds S --hold S
+              --quick 0|1 --idle-connections N --elapsed S --command TEXT
+
+WORK_DIR holds runs.tsv (case, kind, server, repeat, status, server RSS after
+the run, wall seconds, server threads), commands.tsv (case, server, command) and
+runs/CASE-SERVER-REPEAT.json (each `wshub bench --json` summary).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+
+SERVERS = ["wshub", "ws", "tokio-tungstenite", "fastwebsockets"]
+CASES = {
+    "echo-100x64": ("echo", "echo, 100 connections × 64 B"),
+    "echo-1000x64": ("echo", "echo, 1000 connections × 64 B"),
+    "echo-100x16k": ("echo", "echo, 100 connections × 16 KiB"),
+    "fanout-1000": ("fanout", "fan-out to 1,000 receivers × 64 B"),
+    "fanout-5000": ("fanout", "fan-out to 5,000 receivers × 64 B"),
+    "idle": ("idle", "idle connections"),
+    "hub-5000": ("hub", "hub: 5,000 subscribers of one channel × 64 B"),
+}
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def load_runs(work):
+    runs = []
+    with open(os.path.join(work, "runs.tsv")) as f:
+        for line in f:
+            case, kind, server, rep, status, rss, wall, threads = line.rstrip("\n").split("\t")
+            path = os.path.join(work, "runs", f"{case}-{server}-{rep}.json")
+            data = None
+            if os.path.exists(path):
+                with open(path) as j:
+                    data = json.load(j)
+            runs.append({
+                "case": case, "kind": kind, "server": server, "repeat": int(rep),
+                "ok": status == "ok" and data is not None, "rss": int(float(rss or 0)),
+                "wall": float(wall), "threads": int(threads or 0), "data": data,
+            })
+    return runs
+
+
+def summarise(case, kind, server, runs):
+    """The median figures of one server in one case."""
+    ok = [r for r in runs if r["ok"]]
+    row = {"case": CASES[case][1], "case_id": case, "kind": kind, "server": server,
+           "runs": len(runs), "runs_ok": len(ok)}
+    if not ok:
+        return row
+    d = [r["data"] for r in ok]
+    if kind == "idle":
+        per = []
+        for x in d:
+            before, opened = x.get("server_rss_before"), x.get("opened") or 0
+            peak = max(x.get("server_rss_open") or 0, x.get("server_rss_end") or 0)
+            if before is not None and opened:
+                per.append((peak - before) / opened)
+        row.update({
+            "connections": median([x.get("opened") for x in d]),
+            "rss_before": median([x.get("server_rss_before") for x in d]),
+            "rss_open": median([x.get("server_rss_open") for x in d]),
+            "rss_end": median([x.get("server_rss_end") for x in d]),
+            "bytes_per_conn": median(per),
+            "pings_answered": median([x.get("pings_answered") for x in d]),
+            "dropped": sum(x.get("dropped", 0) for x in d),
+        })
+        return row
+    if kind == "echo":
+        tput = median([x.get("msg_per_sec") for x in d])
+        cpu = median([x.get("server_cpu_us_per_msg") for x in d])
+        problems = sum(x.get("errors", 0) for x in d)
+    else:
+        tput = median([x.get("deliveries_per_sec") for x in d])
+        cpu = median([x.get("server_cpu_us_per_delivery") for x in d])
+        problems = sum(x.get(k, 0) for x in d
+                       for k in ("lost", "duplicates", "out_of_order", "errors"))
+    core = median([(x.get("server_cpu_us_per_msg") or x.get("server_cpu_us_per_delivery") or 0)
+                   * (x.get("msg_per_sec") or x.get("deliveries_per_sec") or 0) / 1e4
+                   for x in d])
+    row.update({
+        "throughput": tput,
+        "p50_ms": median([x.get("p50_ms") for x in d]),
+        "p99_ms": median([x.get("p99_ms") for x in d]),
+        "cpu_us_per_msg": cpu,
+        "per_cpu_second": (1e6 / cpu) if cpu else None,
+        "server_core_percent": core,
+        "generator_percent": median([x.get("generator_cpu_percent") for x in d]),
+        "rss": median([r["rss"] for r in ok]),
+        "problems": problems,
+    })
+    return row
+
+
+def fmt(v, spec=",.0f", none="–"):
+    return none if v is None else format(v, spec)
+
+
+def mib(b):
+    return None if b is None else b / (1 << 20)
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine(root):
+    model, cpus = "unknown CPU", 0
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("processor"):
+                cpus += 1
+    mem = ""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / (1 << 20):.1f} GiB"
+    u = platform.uname()
+    lock = open(os.path.join(root, "bench/compare/Cargo.lock")).read()
+
+    def locked(name):
+        m = re.search(r'name = "' + re.escape(name) + r'"\nversion = "([^"]+)"', lock)
+        return m.group(1) if m else "?"
+
+    ws_version = "?"
+    try:
+        with open(os.path.join(root, "bench/node/node_modules/ws/package.json")) as f:
+            ws_version = json.load(f)["version"]
+    except (OSError, ValueError, KeyError):
+        pass
+    return {
+        "cpu": f"{cpus} × {model}", "memory": mem,
+        "kernel": f"{u.system} {u.release} {u.machine}",
+        "rustc": sh(["rustc", "-V"]), "node": sh(["node", "--version"]),
+        "ws": ws_version, "tokio-tungstenite": locked("tokio-tungstenite"),
+        "fastwebsockets": locked("fastwebsockets"), "tokio (peers)": locked("tokio"),
+    }
+
+
+def threads_seen(runs):
+    seen = {}
+    for r in runs:
+        if r["threads"]:
+            seen.setdefault(r["server"], set()).add(r["threads"])
+    return ", ".join(f"{s} {'/'.join(map(str, sorted(t)))}" for s, t in seen.items()) or "–"
+
+
+def possessive(name):
+    return name + ("'" if name.endswith("s") else "'s")
+
+
+def verdict(ok):
+    return "**met**" if ok else "**not met**"
+
+
+def targets(rows):
+    """The issue-4 targets, each as (text, met or None when unmeasured)."""
+    def get(case, server):
+        return next((r for r in rows if r["case_id"] == case and r["server"] == server), None)
+
+    out = []
+    for case in ("echo-100x64", "echo-1000x64", "echo-100x16k"):
+        w = get(case, "wshub")
+        if not w or w.get("cpu_us_per_msg") is None:
+            continue
+        f, n = get(case, "fastwebsockets"), get(case, "ws")
+        parts, met = [], True
+        for peer, limit in ((f, 0.8), (n, 0.5)):
+            if peer and peer.get("cpu_us_per_msg"):
+                ratio = w["cpu_us_per_msg"] / peer["cpu_us_per_msg"]
+                met &= ratio <= limit
+                parts.append(f"CPU/msg {ratio:.2f}× {possessive(peer['server'])} (target ≤ {limit}×)")
+        peers = [get(case, s) for s in SERVERS[1:]]
+        best = max((p["throughput"] for p in peers if p and p.get("throughput")), default=None)
+        if best:
+            met &= w["throughput"] >= best
+            parts.append(f"throughput {w['throughput'] / best:.2f}× the best peer's (target ≥ 1×)")
+        if parts:
+            out.append((f"{CASES[case][1]}: " + "; ".join(parts), met))
+    for case, peer_case in (("fanout-1000", "fanout-1000"), ("fanout-5000", "fanout-5000"),
+                            ("hub-5000", "fanout-5000")):
+        w = get(case, "wshub")
+        if not w or not w.get("per_cpu_second"):
+            continue
+        parts, met = [], True
+        for name, limit in (("fastwebsockets", 2), ("ws", 3)):
+            p = get(peer_case, name)
+            if p and p.get("per_cpu_second"):
+                ratio = w["per_cpu_second"] / p["per_cpu_second"]
+                met &= ratio >= limit
+                parts.append(f"deliveries per server CPU-second {ratio:.2f}× {possessive(name)} "
+                             f"(target ≥ {limit}×)")
+        p99s = [get(peer_case, s) for s in SERVERS[1:]]
+        worst = [p["p99_ms"] for p in p99s if p and p.get("p99_ms") is not None]
+        if worst and w.get("p99_ms") is not None:
+            met &= w["p99_ms"] <= min(worst)
+            parts.append(f"p99 {w['p99_ms']:.2f} ms vs the peers' best {min(worst):.2f} ms (target ≤)")
+        if not parts:
+            continue
+        label = CASES[case][1]
+        if case != peer_case:
+            label += f" (against the peers' {CASES[peer_case][1]})"
+        out.append((f"{label}: " + "; ".join(parts), met))
+    w = get("idle", "wshub")
+    if w and w.get("bytes_per_conn") is not None:
+        per = w["bytes_per_conn"]
+        million = (w["rss_before"] + per * 1_000_000) / (1 << 30)
+        out.append((f"idle: {per:,.0f} B of server RSS per connection at {w['connections']:,.0f} "
+                    f"connections with heartbeat on (target ≤ 2,048 B); extrapolated to "
+                    f"1,000,000 connections: {million:.2f} GiB "
+                    f"({mib(w['rss_before']):.1f} MiB base + {per:,.0f} B × 10⁶)", per <= 2048))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("work")
+    ap.add_argument("out_md")
+    ap.add_argument("out_json")
+    for k in ("repeats", "seconds", "hold", "quick", "idle-connections", "elapsed"):
+        ap.add_argument("--" + k, type=int, required=True)
+    ap.add_argument("--command", required=True)
+    a = ap.parse_args()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    runs = load_runs(a.work)
+    rows = []
+    for case, (kind, _) in CASES.items():
+        for server in SERVERS:
+            mine = [r for r in runs if r["case"] == case and r["server"] == server]
+            if mine:
+                rows.append(summarise(case, kind, server, mine))
+    commands = {}
+    with open(os.path.join(a.work, "commands.tsv")) as f:
+        for line in f:
+            case, server, cmd = line.rstrip("\n").split("\t")
+            commands.setdefault((case, server), cmd)
+    m = machine(root)
+    load = [open(os.path.join(a.work, n)).read().split()[:3] for n in ("load-start", "load-end")]
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    with open(a.out_json, "w") as f:
+        json.dump({"date": now, "quick": bool(a.quick), "repeats": a.repeats,
+                   "seconds": a.seconds, "machine": m, "servers": SERVERS,
+                   "rows": rows}, f, indent=1)
+        f.write("\n")
+
+    L = []
+    if a.quick:
+        L += ["> **SMOKE RUN (`--quick`), not the benchmark result:** "
+              f"{a.repeats} repeat × {a.seconds} s per case, idle hold {a.hold} s, on a machine "
+              f"busy with other builds (load average {' '.join(load[0])} at the start). "
+              "It shows that every server and case runs; the figures are not fit for "
+              "comparison. Run `bench/compare.sh` on a quiet machine for the real table.", ""]
+    L += ["# wshub side by side: echo, fan-out, idle memory, hub", "",
+          f"Generated by `{a.command}` on {now} in {a.elapsed} s "
+          "(by `bench/compare/report.py`; charts in `bench/charts/`, medians in "
+          "`bench/comparison.json`).", "",
+          "## Setup", "",
+          f"- Machine: {m['cpu']}, {m['memory']}, {m['kernel']}; {m['rustc']}; "
+          f"Node {m['node']}.",
+          f"- Load average (1, 5, 15 min): {' '.join(load[0])} at the start, "
+          f"{' '.join(load[1])} at the end.",
+          f"- Servers: wshub's `echo` and `broadcast` examples (`crates/wshub/examples`); "
+          f"Node `ws` {m['ws']} running the seed's code (`bench/node/echo.js`, "
+          f"`broadcast.js`); tokio-tungstenite {m['tokio-tungstenite']} and fastwebsockets "
+          f"{m['fastwebsockets']} (`bench/compare/src/bin/`, tokio {m['tokio (peers)']}). "
+          "Every broadcast server relays each message to all other open clients, "
+          "as the seed's `client !== ws && readyState === OPEN`.",
+          "- Runtime: every Rust server uses `#[tokio::main]` (multi-threaded, one worker "
+          "per CPU the process may use), like wshub's examples; pinned by `taskset -c 0`, "
+          "that is one worker on one core. Node runs JavaScript on one thread. Threads "
+          "per server process (from /proc, after its runs): " + threads_seen(runs) + ".",
+          "- Load: `wshub bench` (the same client for every server, one thread) pinned to "
+          "CPU 1. Echo: one message in flight per connection, text. Fan-out: one sender "
+          "keeps 8 messages ahead of the slowest receiver (saturation). Idle: a fresh echo "
+          "server per run, connections from 127.0.0.2–254, wshub's heartbeat pinging every "
+          "5 s; bytes per connection = (max(RSS all open, RSS end of hold) − RSS before) / N. "
+          "Hub: `wshub serve` (memory broker), publications through `POST /api/publish`.",
+          f"- Each case: {a.repeats} run(s) per server, {a.seconds} s measured (echo after a "
+          "1 s warm-up), servers alternating in a rotated order; the tables give medians. "
+          "Server CPU is utime+stime from `/proc/PID/stat` over the measured window; "
+          "server RSS is VmRSS after the run; \"core %\" is the server's CPU share of its "
+          "core and \"gen %\" the generator's, over the window.",
+          ""]
+
+    def table(kind, head, cells):
+        sel = [r for r in rows if r["kind"] == kind]
+        if not sel:
+            return
+        L.append("| " + " | ".join(head) + " |")
+        L.append("|" + "---|" * len(head))
+        for r in sel:
+            L.append("| " + " | ".join(cells(r)) + " |")
+        L.append("")
+
+    def loaded(r):
+        return [r["case"], r["server"], fmt(r.get("throughput")), fmt(r.get("p50_ms"), ".2f"),
+                fmt(r.get("p99_ms"), ".2f"), fmt(r.get("cpu_us_per_msg"), ".2f"),
+                fmt(r.get("per_cpu_second")), fmt(r.get("server_core_percent"), ".0f"),
+                fmt(r.get("generator_percent"), ".0f"), fmt(mib(r.get("rss")), ".1f"),
+                fmt(r.get("problems"), "d"), f"{r['runs_ok']}/{r['runs']}"]
+
+    L += ["## Echo", ""]
+    table("echo", ["case", "server", "msg/s", "p50 ms", "p99 ms", "server CPU µs/msg",
+                   "msg per server CPU-s", "core %", "gen %", "RSS MiB", "errors", "runs ok"], loaded)
+    L += ["## Fan-out (broadcast examples)", ""]
+    table("fanout", ["case", "server", "deliveries/s", "p50 ms", "p99 ms",
+                     "server CPU µs/delivery", "deliveries per server CPU-s", "core %", "gen %",
+                     "RSS MiB", "lost+dup+ooo+errors", "runs ok"], loaded)
+    L += ["## Idle connections", ""]
+    table("idle", ["server", "connections", "RSS before MiB", "RSS all open MiB",
+                   "RSS end of hold MiB", "bytes per connection", "pings answered",
+                   "dropped", "runs ok"],
+          lambda r: [r["server"], fmt(r.get("connections")), fmt(mib(r.get("rss_before")), ".1f"),
+                     fmt(mib(r.get("rss_open")), ".1f"), fmt(mib(r.get("rss_end")), ".1f"),
+                     fmt(r.get("bytes_per_conn")), fmt(r.get("pings_answered")),
+                     fmt(r.get("dropped"), "d"), f"{r['runs_ok']}/{r['runs']}"])
+    L += ["## Hub fan-out (wshub only)", ""]
+    table("hub", ["case", "server", "deliveries/s", "p50 ms", "p99 ms",
+                  "server CPU µs/delivery", "deliveries per server CPU-s", "core %", "gen %",
+                  "RSS MiB", "lost+dup+ooo+errors", "runs ok"], loaded)
+
+    L += ["## Issue-4 targets", ""]
+    if a.quick:
+        L += ["(Computed from the smoke figures: they say nothing yet.)", ""]
+    for text, met in targets(rows):
+        L.append(f"- {verdict(met)}: {text}")
+    L += ["", "## Charts", "",
+          "![throughput](charts/throughput.png)", "",
+          "![server CPU per message](charts/cpu-per-message.png)", "",
+          "![latency](charts/latency.png)", "",
+          "![idle memory](charts/idle-memory.png)", "",
+          "## Exact commands", "",
+          "Built with `cargo build --release --locked -p wshub --example echo --example "
+          "broadcast -p wshub-cli --bin wshub` and `cargo build --release --locked --manifest-path "
+          "bench/compare/Cargo.toml`; `$BIN` is the release directory, `$PORT` the server's "
+          "port, `$SERVER_PID` its process. Servers run as `taskset -c 0 SERVER "
+          "127.0.0.1:$PORT` (`$BIN/examples/echo`, `node bench/node/echo.js`, "
+          "`$BIN/tungstenite-echo`, `$BIN/fastws-echo`, and the `broadcast` ones); the hub "
+          "as `taskset -c 0 $BIN/wshub serve --config hub.toml --listen 127.0.0.1:$PORT` with "
+          "the config written by the script.", "", "```text"]
+    seen = set()
+    for (case, server), cmd in commands.items():
+        if (case, cmd) in seen:
+            continue
+        seen.add((case, cmd))
+        L.append(f"# {case}")
+        L.append(cmd)
+    L += ["```", ""]
+    walls = {}
+    for r in runs:
+        walls.setdefault(r["case"], []).append(r["wall"])
+    L += ["Wall time per run (s, median): " + ", ".join(
+        f"{c} {statistics.median(w):.0f}" for c, w in walls.items()) + ".", ""]
+    with open(a.out_md, "w") as f:
+        f.write("\n".join(L))
+    print(f"wrote {a.out_md} and {a.out_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
