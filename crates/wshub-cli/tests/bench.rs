@@ -1,9 +1,12 @@
 //! `wshub bench` end to end: each mode runs briefly, as a real process, against
 //! a server started in the test — a relay (every message to all other clients)
 //! for `fanout`, an echo server for `echo` and `idle`, and a hub on the
-//! in-memory broker for `hub` — and its `--json` summary must show traffic and
+//! in-memory broker for `hub`, and three `wshub serve` nodes on a Redis for
+//! `hub` with several URLs — and its `--json` summary must show traffic and
 //! no lost, duplicate or out-of-order message. A non-loopback target is refused.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -271,6 +274,87 @@ async fn hub_via_clients() {
     assert_eq!(v["offset_gaps"], 0);
 }
 
+/// `--url` repeated: three nodes of a cluster on one Redis, the subscribers
+/// of every channel spread over all three, publications entering through
+/// each; every publication reaches every subscriber of its channel.
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_cluster_with_several_urls() {
+    let dir = common::temp_dir("bench-cluster");
+    let redis = common::Redis::start();
+    let ports = [
+        common::free_port(),
+        common::free_port(),
+        common::free_port(),
+    ];
+    let _nodes: Vec<common::Proc> = ports
+        .iter()
+        .map(|p| common::node(&dir, &redis.url(), *p, "[namespaces.bench]"))
+        .collect();
+    let urls: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    let args = [
+        "hub",
+        &urls[0],
+        "--url",
+        &urls[1],
+        "--url",
+        &urls[2],
+        "--api-key",
+        common::KEY,
+        "--hmac-secret",
+        common::SECRET,
+        "-c",
+        "9",
+        "--channels",
+        "3",
+        "--publishers",
+        "3",
+        "--rate",
+        "150",
+        "-d",
+        "2",
+    ];
+    let run = bench("hub-cluster", &args);
+    // While it runs, every node has some of the nine subscribers (each
+    // channel's three are spread over the three nodes).
+    let watch = async {
+        let mut most = std::collections::BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            let (_, v) = common::api(ports[0], "GET", "/api/nodes", "").await;
+            for n in v["nodes"].as_array().into_iter().flatten() {
+                let c = n["connections"].as_u64().unwrap_or(0);
+                let e = most
+                    .entry(n["node"].as_str().unwrap_or("").to_owned())
+                    .or_insert(0);
+                *e = c.max(*e);
+            }
+            if most.len() == 3 && most.values().all(|c| *c >= 3) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        most
+    };
+    let ((ok, out, v), most) = tokio::join!(run, watch);
+    assert!(ok, "{out}\n{}", common::node_logs(&dir, &ports));
+    assert_eq!(most.len(), 3, "{most:?}");
+    assert!(
+        most.values().all(|c| *c >= 3),
+        "subscribers not spread: {most:?}"
+    );
+    let v = v.unwrap();
+    assert_clean(&v, "deliveries");
+    assert_eq!(v["nodes"], 3);
+    assert_eq!(v["publish_errors"], 0);
+    assert_eq!(v["offset_gaps"], 0);
+    assert_eq!(v["deliveries"], v["published"].as_u64().unwrap() * 3, "{v}");
+    assert!(v["p99_ms"].as_f64().unwrap() > 0.0, "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_from_spread_sources() {
     let s = server(true).await;
@@ -305,6 +389,14 @@ async fn non_loopback_targets_are_refused() {
         vec!["echo", "ws://192.0.2.1:9/"],
         vec!["fanout", "ws://example.com/"],
         vec!["hub", "http://10.1.2.3:8080", "--api-key", "k"],
+        vec![
+            "hub",
+            "http://127.0.0.1:9",
+            "--url",
+            "http://10.1.2.3:8080",
+            "--api-key",
+            "k",
+        ],
         vec!["idle", "ws://[2001:db8::1]:80/"],
     ] {
         let (ok, out, v) = bench("refused", &args).await;

@@ -6,103 +6,21 @@
 //! client's own address from X-Forwarded-For (nginx is a trusted proxy).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::{IpAddr, Ipv4Addr, TcpListener};
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use common::{api, free_port, node, publish, recv_json, temp_dir, wait_port, Proc, Redis, SECRET};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wshub::client::ClientBuilder;
 use wshub::hub::auth::{ClaimsBuilder, Minter};
-use wshub::{Message, WebSocket};
 
-const BIN: &str = env!("CARGO_BIN_EXE_wshub");
-const WAIT: Duration = Duration::from_secs(30);
-const SECRET: &str = "cluster-cli-secret-32-bytes-long!!!";
-const KEY: &str = "cluster-cli-api-key-0123";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wshub-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn redis(port: u16) -> Proc {
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server is installed (apt-get install redis-server)");
-    wait_port(port);
-    Proc(child)
-}
-
-fn node(dir: &Path, redis_port: u16, port: u16) -> Proc {
-    let config = dir.join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[server]
-trusted_proxies = ["127.0.0.1/32"]
-[auth]
-hmac_secret = "{SECRET}"
-[api]
-key = "{KEY}"
-[log]
-level = "wshub::hub::session=debug,warn"
-[broker]
-engine = "redis"
-url = "redis://127.0.0.1:{redis_port}"
-[namespaces.chat]
-[namespaces.room]
-join_leave = true
-"#
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join(format!("node-{port}.log"))).unwrap();
-    let child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("WSHUB_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_port(port);
-    Proc(child)
-}
+const WAIT: Duration = common::WAIT;
+const CHAT: &str = "[namespaces.chat]";
+const ROOM: &str = "[namespaces.room]\njoin_leave = true";
 
 /// nginx with the repository's `deploy/nginx/wshub.conf`, only the ports
 /// changed.
@@ -140,41 +58,15 @@ fn nginx(dir: &Path, listen: u16, nodes: &[u16]) -> Proc {
     Proc(child)
 }
 
-async fn recv_json(ws: &mut WebSocket) -> Value {
-    match tokio::time::timeout(WAIT, ws.recv())
-        .await
-        .expect("a frame")
-    {
-        Some(Message::Text(t)) => serde_json::from_str(t.as_str()).unwrap(),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-async fn publish(port: u16, body: &Value) -> u16 {
-    let body = body.to_string();
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let req = format!(
-        "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: apikey {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, tcp.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    out[9..12].parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_behind_nginx_without_sticky_sessions() {
     let dir = temp_dir("cluster");
-    let redis_port = free_port();
-    let _redis = redis(redis_port);
+    let redis = Redis::start();
     let ports = [free_port(), free_port(), free_port()];
-    let _nodes: Vec<Proc> = ports.iter().map(|p| node(&dir, redis_port, *p)).collect();
+    let _nodes: Vec<Proc> = ports
+        .iter()
+        .map(|p| node(&dir, &redis.url(), *p, CHAT))
+        .collect();
     let front = free_port();
     let _nginx = nginx(&dir, front, &ports);
 
@@ -238,24 +130,6 @@ async fn three_nodes_behind_nginx_without_sticky_sessions() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn api_get_json(port: u16, method: &str, path: &str, body: &str) -> Value {
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: apikey {KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(WAIT, tcp.read_to_string(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    serde_json::from_str(body).unwrap_or(Value::Null)
-}
-
 /// A node killed with SIGKILL cannot clean up: once its lease lapses, its
 /// clients vanish from presence (and the node from `/api/nodes` and its
 /// channels from `/api/channels`), and the other nodes' subscribers get a
@@ -264,11 +138,10 @@ async fn api_get_json(port: u16, method: &str, path: &str, body: &str) -> Value 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_nodes_members_leave_presence() {
     let dir = temp_dir("kill");
-    let redis_port = free_port();
-    let _redis = redis(redis_port);
+    let redis = Redis::start();
     let (p1, p2) = (free_port(), free_port());
-    let _n1 = node(&dir, redis_port, p1);
-    let mut n2 = node(&dir, redis_port, p2);
+    let _n1 = node(&dir, &redis.url(), p1, ROOM);
+    let mut n2 = node(&dir, &redis.url(), p2, ROOM);
     let minter = Minter::hs256(SECRET.as_bytes()).unwrap();
     let join = |port: u16, user: &'static str| {
         let token = minter
@@ -326,8 +199,8 @@ async fn a_killed_nodes_members_leave_presence() {
     let body = json!({"channel": "room:p"}).to_string();
     let deadline = Instant::now() + WAIT;
     loop {
-        let v = api_get_json(p1, "POST", "/api/presence", &body).await;
-        let c = api_get_json(p1, "GET", "/api/channels", "").await;
+        let v = api(p1, "POST", "/api/presence", &body).await.1;
+        let c = api(p1, "GET", "/api/channels", "").await.1;
         // Node 1 counts its own two subscribers and node 2's announced two.
         if users(&v) == ["alice", "bob", "carol", "carol"] && room(&c) == Some(4) {
             break;
@@ -339,24 +212,24 @@ async fn a_killed_nodes_members_leave_presence() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    n2.0.kill().unwrap(); // SIGKILL: no drain, no cleanup
-    let _ = n2.0.wait();
+    // SIGKILL: no drain, no cleanup.
+    n2.kill();
     // The next push alice gets is bob's leave (not carol's: her tab on node 1
     // remains), then the marker publication.
     let p = recv_json(&mut alice).await;
     assert_eq!(p["push"], "leave", "{p}");
     assert_eq!(p["member"]["user"], "bob", "{p}");
     let marker = json!({"channel": "room:p", "data": "marker"}).to_string();
-    api_get_json(p1, "POST", "/api/publish", &marker).await;
+    api(p1, "POST", "/api/publish", &marker).await;
     let p = recv_json(&mut alice).await;
     assert_eq!(p["push"], "pub", "{p}");
     assert_eq!(p["data"], "marker", "{p}");
 
-    let v = api_get_json(p1, "POST", "/api/presence", &body).await;
+    let v = api(p1, "POST", "/api/presence", &body).await.1;
     assert_eq!(users(&v), ["alice", "carol"], "{v}");
-    let c = api_get_json(p1, "GET", "/api/channels", "").await;
+    let c = api(p1, "GET", "/api/channels", "").await.1;
     assert_eq!(room(&c), Some(2), "{c}");
-    let nodes = api_get_json(p1, "GET", "/api/nodes", "").await;
+    let nodes = api(p1, "GET", "/api/nodes", "").await.1;
     assert_eq!(nodes["nodes"].as_array().unwrap().len(), 1, "{nodes}");
     let _ = std::fs::remove_dir_all(&dir);
 }

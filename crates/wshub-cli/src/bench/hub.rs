@@ -2,6 +2,13 @@
 //! publications through the HTTP API (`POST /api/publish`, keep-alive HTTP/1.1
 //! connections) or through client connections (`publish` commands).
 //!
+//! The hub may be a cluster: with several URLs (`--url` repeated, each a
+//! node of one cluster) the subscribers of each channel are spread
+//! round-robin over the nodes (the `k`-th subscriber of channel `c` is on
+//! node `(c + k) mod NODES`) and publisher `p` uses node `p mod NODES`, so
+//! a channel's subscribers sit on several nodes and its publications enter
+//! through one of them: most deliveries cross the broker.
+//!
 //! Subscriber `i` subscribes to channel `PREFIX(i mod N)`. Each channel has
 //! exactly one publisher, which sends one request at a time, so a channel's
 //! publications are sent in order; its data is `{"seq":K,"t":T,"pad":"…"}`
@@ -42,7 +49,11 @@ pub(crate) enum Via {
 #[derive(Args, Debug)]
 pub(crate) struct HubArgs {
     /// The hub's base URL (loopback only), e.g. http://127.0.0.1:8080.
-    url: String,
+    url: Option<String>,
+    /// Another node of the same cluster (repeatable): subscribers and
+    /// publishers are spread round-robin over all the URLs given.
+    #[arg(long = "url", value_name = "URL")]
+    more_urls: Vec<String>,
     /// The API key (for `--via api`).
     #[arg(long, hide_env_values = true, env = "WSHUB_API_KEY")]
     api_key: Option<String>,
@@ -124,19 +135,23 @@ struct Outcome {
 }
 
 pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
-    check_loopback(&args.url)?;
+    let urls: Vec<&String> = args.url.iter().chain(&args.more_urls).collect();
+    if urls.is_empty() {
+        bail!("give the hub's URL (and --url for every further node)");
+    }
     if args.subscribers == 0 || args.channels == 0 || args.publishers == 0 || args.rate == 0 {
         bail!("--subscribers, --channels, --publishers and --rate must be at least 1");
     }
-    let base = args.url.trim_end_matches('/').to_owned();
-    let uri: http::Uri = base
-        .parse()
-        .with_context(|| format!("invalid URL {base:?}"))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("the hub URL must be http://HOST:PORT (https is not supported by the bench)");
+    let mut nodes = Vec::with_capacity(urls.len());
+    for url in &urls {
+        check_loopback(url)?;
+        nodes.push(Node::parse(url, &args.ws_path)?);
     }
-    let authority = uri.authority().context("the URL has no host")?.to_string();
-    let ws_url = format!("ws://{authority}{}", args.ws_path);
+    let base = urls
+        .iter()
+        .map(|u| u.trim_end_matches('/'))
+        .collect::<Vec<_>>()
+        .join(", ");
     let api_key = match (args.via, &args.api_key) {
         (Via::Api, None) => bail!("--via api needs --api-key (or WSHUB_API_KEY)"),
         (_, k) => k.clone(),
@@ -176,8 +191,9 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
     let (finish_tx, finish_rx) = watch::channel::<Option<tokio::time::Instant>>(None);
     let mut subscribers = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
+        let ws_url = &nodes[(i % args.channels + i / args.channels) % nodes.len()].ws_url;
         let mut ws = builder
-            .connect(&ws_url)
+            .connect(ws_url)
             .await
             .with_context(|| format!("connecting subscriber {i} to {ws_url}"))?;
         hub_connect(&mut ws, token(i)?.as_deref())
@@ -211,10 +227,11 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
     let mut clients = Vec::new();
     if args.via == Via::Client {
         for p in 0..publishers {
+            let ws_url = &nodes[p % nodes.len()].ws_url;
             let mut ws = builder
-                .connect(&ws_url)
+                .connect(ws_url)
                 .await
-                .with_context(|| format!("connecting publisher {p}"))?;
+                .with_context(|| format!("connecting publisher {p} to {ws_url}"))?;
             hub_connect(&mut ws, token(args.subscribers + p)?.as_deref())
                 .await
                 .with_context(|| format!("publisher {p}"))?;
@@ -250,7 +267,8 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
         let shared = Arc::clone(&shared);
         tasks.push(match args.via {
             Via::Api => {
-                let (authority, key) = (authority.clone(), api_key.clone().unwrap_or_default());
+                let authority = nodes[p % nodes.len()].authority.clone();
+                let key = api_key.clone().unwrap_or_default();
                 tokio::spawn(async move { publish_api(&authority, &key, plan, &shared).await })
             }
             Via::Client => {
@@ -305,7 +323,14 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
             base
         ),
     );
-    r.field("url", base.as_str());
+    r.field("url", urls[0].trim_end_matches('/'));
+    r.field(
+        "urls",
+        urls.iter()
+            .map(|u| u.trim_end_matches('/'))
+            .collect::<Vec<_>>(),
+    );
+    r.field("nodes", nodes.len());
     r.field("subscribers", args.subscribers);
     r.field("channels", args.channels);
     r.field("rate", args.rate);
@@ -366,6 +391,36 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
         bail!("{publish_errors} publications failed");
     }
     Ok(())
+}
+
+/// One node of the hub: where its HTTP API and WebSocket endpoint are.
+struct Node {
+    /// `host:port`.
+    authority: String,
+    /// `ws://host:port/PATH`.
+    ws_url: String,
+}
+
+impl Node {
+    fn parse(url: &str, ws_path: &str) -> anyhow::Result<Node> {
+        let base = url.trim_end_matches('/');
+        let uri: http::Uri = base
+            .parse()
+            .with_context(|| format!("invalid URL {base:?}"))?;
+        if uri.scheme_str() != Some("http") {
+            bail!(
+                "the hub URL must be http://HOST:PORT, not {base:?} (https is not supported by the bench)"
+            );
+        }
+        let authority = uri
+            .authority()
+            .with_context(|| format!("the URL {base:?} has no host"))?
+            .to_string();
+        Ok(Node {
+            ws_url: format!("ws://{authority}{ws_path}"),
+            authority,
+        })
+    }
 }
 
 /// Sends `connect` (with `token`, or anonymous) and checks the reply.

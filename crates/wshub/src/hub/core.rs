@@ -23,11 +23,18 @@
 //!
 //! # Gaps
 //!
-//! Per channel the node remembers the last position it delivered. A
+//! Per channel the node remembers the last position its stream delivered. A
 //! publication that skips offsets, or arrives in another epoch, means the
 //! node missed something (a cluster engine lost its stream): every local
 //! subscriber gets an `unsub` push with code 111 and `resubscribe: true`, and
 //! recovers by subscribing again with its last position.
+//!
+//! Each subscriber also remembers its own last offset. With a cluster engine
+//! a subscribe can read a position ahead of what the node has delivered
+//! (history is written before the event reaches the node), so the
+//! publications in between are still on their way: they go to the
+//! subscribers that lack them and are skipped for the new one. A subscriber
+//! whose next publication skips offsets is a gap too (111 for the channel).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -181,10 +188,12 @@ pub(crate) enum Finish {
 
 /// A buffered event of a subscriber whose subscribe is in flight.
 enum Buffered {
+    /// A publication; `msg` is `None` when it is not for this subscriber
+    /// (its offset still counts).
     Pub {
         offset: u64,
         epoch: Arc<str>,
-        msg: Arc<PreparedMessage>,
+        msg: Option<Arc<PreparedMessage>>,
     },
     Other(Arc<PreparedMessage>),
 }
@@ -200,6 +209,10 @@ struct Subscriber {
     buffer: Option<Vec<Buffered>>,
     /// The buffer overflowed: resubscribe after the reply.
     overflow: bool,
+    /// The epoch and offset of the last publication this subscriber got
+    /// (or its subscribe reply's position); set when it goes live.
+    epoch: Arc<str>,
+    offset: u64,
 }
 
 #[derive(Default)]
@@ -575,6 +588,8 @@ impl Hub {
                     },
                     buffer: Some(Vec::new()),
                     overflow: false,
+                    epoch: Arc::from(""),
+                    offset: 0,
                 },
             );
             if first {
@@ -615,15 +630,18 @@ impl Hub {
         let Some(ch) = shard.get_mut(&handle.channel) else {
             return Finish::Gone;
         };
-        match &ch.last {
-            Some(last) if last.epoch == position.epoch && last.offset >= position.offset => {}
-            Some(last) if last.epoch != position.epoch => {}
-            _ => ch.last = Some(position.clone()),
+        // Only the stream moves the node's position once it has one: a
+        // position ahead of it means publications still on their way here,
+        // which the other subscribers need (see "Gaps").
+        if ch.last.is_none() {
+            ch.last = Some(position.clone());
         }
         let Some(sub) = ch.subscribers.get_mut(&handle.conn) else {
             return Finish::Gone;
         };
         let _ = sub.ws.send_text(reply);
+        sub.epoch = Arc::from(position.epoch.as_str());
+        sub.offset = position.offset;
         let buffered = sub.buffer.take().unwrap_or_default();
         if sub.overflow {
             let push = Push::Unsub {
@@ -640,8 +658,11 @@ impl Hub {
         for b in buffered {
             match b {
                 Buffered::Pub { offset, epoch, msg } => {
-                    if *epoch == *position.epoch && offset > position.offset {
-                        self.send_counted(&sub.ws, &msg, sub.policy);
+                    if *epoch == *sub.epoch && offset > sub.offset {
+                        sub.offset = offset;
+                        if let Some(msg) = msg {
+                            self.send_counted(&sub.ws, &msg, sub.policy);
+                        }
                     }
                 }
                 Buffered::Other(msg) => {
@@ -723,11 +744,13 @@ impl Hub {
                 let Some(ch) = shard.get_mut(&channel) else {
                     return;
                 };
+                let mut next = true;
                 if let Some(last) = &ch.last {
-                    if last.epoch == epoch && publication.offset <= last.offset {
-                        return; // already delivered
-                    }
-                    if last.epoch != epoch || publication.offset != last.offset + 1 {
+                    // At or before the node's position: already delivered,
+                    // or on its way while a subscribe read a later position
+                    // (each subscriber's own offset decides below).
+                    next = last.epoch != epoch || publication.offset > last.offset;
+                    if last.epoch != epoch || publication.offset > last.offset + 1 {
                         let gap = format!(
                             "expected offset {} in epoch {}, got {} in epoch {}",
                             last.offset + 1,
@@ -740,19 +763,20 @@ impl Hub {
                         return;
                     }
                 }
-                ch.last = Some(StreamPosition {
-                    offset: publication.offset,
-                    epoch: epoch.clone(),
-                });
+                if next {
+                    ch.last = Some(StreamPosition {
+                        offset: publication.offset,
+                        epoch: epoch.clone(),
+                    });
+                }
                 let json = encode_pub(&channel, &epoch, &publication);
                 let len = json.len() as u64;
                 let msg = Arc::new(PreparedMessage::new(&Message::from(json)));
                 let epoch: Arc<str> = epoch.into();
                 let mut sent = 0u64;
+                let mut gap = false;
                 for sub in ch.subscribers.values_mut() {
-                    if !publication.audience.includes(&sub.client, &sub.tags) {
-                        continue;
-                    }
+                    let mine = publication.audience.includes(&sub.client, &sub.tags);
                     if let Some(buf) = &mut sub.buffer {
                         if buf.len() >= MAX_SUBSCRIBE_BUFFER {
                             sub.overflow = true;
@@ -760,16 +784,32 @@ impl Hub {
                             buf.push(Buffered::Pub {
                                 offset: publication.offset,
                                 epoch: Arc::clone(&epoch),
-                                msg: Arc::clone(&msg),
+                                msg: mine.then(|| Arc::clone(&msg)),
                             });
                         }
                         continue;
                     }
-                    if self.send_counted(&sub.ws, &msg, sub.policy) {
+                    if *sub.epoch != *epoch || publication.offset <= sub.offset {
+                        continue; // it has this one already
+                    }
+                    if publication.offset > sub.offset + 1 {
+                        gap = true;
+                        continue;
+                    }
+                    sub.offset = publication.offset;
+                    if mine && self.send_counted(&sub.ws, &msg, sub.policy) {
                         sent += 1;
                     }
                 }
                 self.inner.metrics.messages_sent(sent, sent * len);
+                if gap {
+                    tracing::warn!(
+                        %channel,
+                        offset = publication.offset,
+                        "stream gap for a subscriber: subscribers must resubscribe"
+                    );
+                    self.drop_channel(&mut shard, &channel);
+                }
             }
             BrokerEvent::Resynced => {
                 let hub = self.clone();

@@ -7,6 +7,7 @@
 mod api;
 #[path = "../common/mod.rs"]
 mod common;
+mod in_flight;
 mod queue;
 mod support;
 

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wshub::client::ClientBuilder;
 use wshub::hub::auth::{ClaimsBuilder, Minter};
+use wshub::hub::broker::Broker;
 use wshub::hub::config::{Access, HubConfig, NamespaceConfig};
 use wshub::hub::memory::{MemoryBroker, MemoryBrokerConfig};
 use wshub::hub::Hub;
@@ -94,8 +95,17 @@ impl TestHub {
         config: HubConfig,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> TestHub {
-        let (listener, addr) = bind().await;
         let broker = Arc::new(MemoryBroker::new(MemoryBrokerConfig::default()));
+        TestHub::start_on(config, broker, tls).await
+    }
+
+    /// Starts the hub on `broker`.
+    pub(crate) async fn start_on(
+        config: HubConfig,
+        broker: Arc<dyn Broker>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> TestHub {
+        let (listener, addr) = bind().await;
         let hub = Hub::new(config, broker, Path::new(".")).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let h = hub.clone();
