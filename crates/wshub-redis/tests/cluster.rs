@@ -4,7 +4,9 @@
 //! shard reach the other node with contiguous offsets over sharded pub/sub,
 //! nodes subscribe at the shard only to channels with local subscribers,
 //! history, presence and join/leave work per channel slot, control commands
-//! reach every node, and the node registry lists both nodes.
+//! reach every node, and the node registry lists both nodes; a node that
+//! loses a master's connection, or whose channel's slot moves to another
+//! master, resubscribes where the channel now lives.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -487,4 +489,121 @@ async fn cluster_settings_are_checked() {
         err.to_string().contains("invalid redis cluster seed url"),
         "{err}"
     );
+}
+
+/// Moves hash slot `slot` (and its keys) from the master on `from` to the
+/// master on `to`, the way `redis-cli --cluster reshard` does.
+async fn move_slot(cluster: &RedisCluster, slot: i64, from: u16, to: u16) {
+    let mut src = cluster.connect(from).await;
+    let mut dst = cluster.connect(to).await;
+    let id = |con: &mut redis::aio::MultiplexedConnection| {
+        let mut con = con.clone();
+        async move {
+            let id: String = redis::cmd("CLUSTER")
+                .arg("MYID")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let (src_id, dst_id) = (id(&mut src).await, id(&mut dst).await);
+    let setslot = |con: &mut redis::aio::MultiplexedConnection, state: &str, node: &str| {
+        let mut con = con.clone();
+        let (state, node) = (state.to_owned(), node.to_owned());
+        async move {
+            let () = redis::cmd("CLUSTER")
+                .arg("SETSLOT")
+                .arg(slot)
+                .arg(state)
+                .arg(node)
+                .query_async(&mut con)
+                .await
+                .unwrap();
+        }
+    };
+    setslot(&mut dst, "IMPORTING", &src_id).await;
+    setslot(&mut src, "MIGRATING", &dst_id).await;
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query_async(&mut src)
+            .await
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(to)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query_async(&mut src)
+            .await
+            .unwrap();
+    }
+    for port in &cluster.ports {
+        let mut con = cluster.connect(*port).await;
+        setslot(&mut con, "NODE", &dst_id).await;
+    }
+}
+
+#[tokio::test]
+async fn a_moved_slot_is_followed_by_publisher_and_subscriber() {
+    let cluster = RedisCluster::start();
+    cluster.wait_ok().await;
+    let (a, _) = cluster_node(&cluster).await;
+    let (b, rec_b) = cluster_node(&cluster).await;
+    let channel = "moving";
+    let name = format!("wshub:{{{channel}}}:ch");
+    b.subscribe(channel).await.unwrap();
+    b.subscribe("staying").await.unwrap();
+    for _ in 0..3 {
+        a.publish(channel, Bytes::from_static(b"{}"), history())
+            .await
+            .unwrap();
+    }
+    rec_b.wait_for(3).await;
+
+    let from = cluster.owner(&name).await;
+    let to = *cluster.ports.iter().find(|p| **p != from).unwrap();
+    let mut con = cluster.connect(from).await;
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&name)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    move_slot(&cluster, slot, from, to).await;
+    assert_eq!(cluster.owner(&name).await, to);
+
+    // The old owner dropped b's sharded subscription; b re-read the slot map
+    // and subscribed at the new owner.
+    eventually("b resynced", || {
+        let rec = rec_b.clone();
+        async move { rec.events().contains(&BrokerEvent::Resynced) }
+    })
+    .await;
+    eventually("b subscribed at the new owner", || async {
+        cluster.shard_channels(to).await.contains(&name)
+    })
+    .await;
+    assert!(!cluster.shard_channels(from).await.contains(&name));
+    // The publisher follows MOVED; offsets continue with the moved keys.
+    let pos = a
+        .publish(channel, Bytes::from_static(b"{}"), history())
+        .await
+        .unwrap();
+    assert_eq!(pos.offset, 4);
+    eventually("b receives offset 4", || {
+        let rec = rec_b.clone();
+        async move { rec.offsets().last() == Some(&4) }
+    })
+    .await;
+    assert_eq!(rec_b.offsets(), vec![1, 2, 3, 4]);
 }
