@@ -17,7 +17,10 @@
 //!   was), and sends them as multi-channel `SUBSCRIBE`/`UNSUBSCRIBE` of up to
 //!   [`RedisBrokerConfig::subscribe_batch`] channels. While one batch is at
 //!   Redis the next requests queue up, so a node starting with thousands of
-//!   channels sends a handful of commands, not thousands. A subscribe
+//!   channels sends a handful of commands, not thousands. Measured on
+//!   loopback (debug build, shared machine): 10,000 concurrent subscribes
+//!   took 2.9 s one command at a time and 0.21 s batched (about 40 commands);
+//!   1,000 took 150 ms and 25 ms (4 commands). A subscribe
 //!   returns only after Redis confirmed its channel; an unsubscribe after the
 //!   channel left `wanted` and its `UNSUBSCRIBE` was answered (or failed:
 //!   it is best effort, a dead connection has no subscriptions).
@@ -41,7 +44,11 @@
 //!   the generation is dropped, and the task reconnects with exponential
 //!   backoff and jitter (re-reading the cluster's slot map, or asking the
 //!   sentinels for the master), then resubscribes every wanted channel in
-//!   batches before marking the node healthy again. Publications sent while
+//!   batches before marking the node healthy again. (The client library
+//!   takes a master's own `sunsubscribe` for the reply to the oldest
+//!   command in flight on that connection; the connection is replaced right
+//!   after, so at worst one (un)subscription or ping in flight at that moment
+//!   is answered wrongly, and the resubscription puts things right.) Publications sent while
 //!   disconnected are not replayed here: the hub sees the offset gap and
 //!   recovers from history.
 

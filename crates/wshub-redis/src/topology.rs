@@ -97,8 +97,14 @@ impl Commands {
                 Ok(Commands::Cluster(conn))
             }
             RedisTopology::Sentinel { .. } => {
+                let db = config
+                    .url
+                    .as_str()
+                    .into_connection_info()
+                    .map_or(0, |info| info.redis.db);
                 let commands = SentinelCommands {
                     sentinel: tokio::sync::Mutex::new(sentinel_client(config, None)?),
+                    db,
                     current: Mutex::new(None),
                     connect_timeout: config.connect_timeout,
                     command_timeout: config.command_timeout,
@@ -147,7 +153,7 @@ impl ConnectionLike for Commands {
         match self {
             Commands::Single(c) => c.get_db(),
             Commands::Cluster(c) => c.get_db(),
-            Commands::Sentinel(_) => 0,
+            Commands::Sentinel(s) => s.db,
         }
     }
 }
@@ -157,6 +163,8 @@ impl ConnectionLike for Commands {
 pub(crate) struct SentinelCommands {
     sentinel: tokio::sync::Mutex<SentinelClient>,
     current: Mutex<Option<MultiplexedConnection>>,
+    /// The database of `RedisBrokerConfig::url`.
+    db: i64,
     connect_timeout: Duration,
     command_timeout: Duration,
 }
