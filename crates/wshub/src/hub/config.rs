@@ -373,7 +373,10 @@ pub struct BrokerConfig {
     /// one Redis).
     pub engine: BrokerEngine,
     /// The Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for
-    /// TLS). Used by the `redis` engine. Default: `redis://127.0.0.1:6379`.
+    /// TLS). Used by the `redis` engine in `single` mode; in `sentinel` mode
+    /// only its credentials, database and TLS apply (to the master); unused
+    /// in `cluster` mode (the seeds in `nodes` carry them). Default:
+    /// `redis://127.0.0.1:6379`.
     pub url: String,
     /// Prefix of every Redis key and pub/sub channel, so several hubs can
     /// share one Redis. Default: `wshub`.
