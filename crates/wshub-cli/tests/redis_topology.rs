@@ -2,7 +2,8 @@
 //! real three-master Redis Cluster (started here on free loopback ports)
 //! exchange publications on channels of every shard — a client on one node
 //! receives what the API of the other published, in offset order — and
-//! `/api/nodes` lists both; and wrong `[broker]` mode settings stop `serve`
+//! `/api/nodes` lists both; two nodes find their master through a real
+//! sentinel and do the same; and wrong `[broker]` mode settings stop `serve`
 //! with an error naming the key.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -232,24 +233,8 @@ async fn two_nodes_on_a_redis_cluster() {
     assert_eq!(channels.len(), 3);
 
     // A client on node 2 subscribes to all three; node 1's API publishes.
-    let token = Minter::hs256(SECRET.as_bytes())
-        .unwrap()
-        .mint(&ClaimsBuilder::new("alice"), SystemTime::now())
-        .unwrap();
-    let mut ws = ClientBuilder::new()
-        .protocols(["wshub.v1"])
-        .connect(&format!("ws://127.0.0.1:{p2}/ws"))
-        .await
-        .unwrap();
-    ws.send(json!({"id": 1, "method": "connect", "params": {"token": token}}).to_string())
-        .unwrap();
-    assert!(recv_json(&mut ws).await.get("result").is_some());
-    for (i, (_, channel)) in channels.iter().enumerate() {
-        let sub = json!({"id": 2 + i, "method": "subscribe", "params": {"channel": channel}});
-        ws.send(sub.to_string()).unwrap();
-        let reply = recv_json(&mut ws).await;
-        assert!(reply.get("result").is_some(), "{reply}");
-    }
+    let names: Vec<&str> = channels.iter().map(|(_, c)| c.as_str()).collect();
+    let mut ws = subscriber(p2, "alice", &names).await;
     for n in 1..=5 {
         for (_, channel) in &channels {
             let body = json!({"channel": channel, "data": {"n": n}}).to_string();
@@ -279,6 +264,99 @@ async fn two_nodes_on_a_redis_cluster() {
         assert!(Instant::now() < deadline, "both nodes never listed: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client of `port` connected as `user` and subscribed to `channels`.
+async fn subscriber(port: u16, user: &str, channels: &[&str]) -> WebSocket {
+    let token = Minter::hs256(SECRET.as_bytes())
+        .unwrap()
+        .mint(&ClaimsBuilder::new(user), SystemTime::now())
+        .unwrap();
+    let mut ws = ClientBuilder::new()
+        .protocols(["wshub.v1"])
+        .connect(&format!("ws://127.0.0.1:{port}/ws"))
+        .await
+        .unwrap();
+    ws.send(json!({"id": 1, "method": "connect", "params": {"token": token}}).to_string())
+        .unwrap();
+    assert!(recv_json(&mut ws).await.get("result").is_some());
+    for (i, channel) in channels.iter().enumerate() {
+        let sub = json!({"id": 2 + i, "method": "subscribe", "params": {"channel": channel}});
+        ws.send(sub.to_string()).unwrap();
+        let reply = recv_json(&mut ws).await;
+        assert!(reply.get("result").is_some(), "{reply}");
+    }
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_through_a_sentinel() {
+    let dir = temp_dir("redis-sentinel-cli");
+    let (master, sentinel) = (free_port(), free_port());
+    let _master = Proc(
+        Command::new("redis-server")
+            .args(["--port", &master.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed"),
+    );
+    wait_port(master);
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel}\nbind 127.0.0.1\ndir {}\n\
+             sentinel monitor mymaster 127.0.0.1 {master} 1\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let _sentinel = Proc(
+        Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(sentinel);
+
+    let broker = format!(
+        "url = \"redis://127.0.0.1:1/0\"\nmode = \"sentinel\"\n\
+         nodes = [\"redis://127.0.0.1:{sentinel}\"]\nsentinel_master = \"mymaster\""
+    );
+    let (p1, p2) = (free_port(), free_port());
+    let (_n1, _) = serve(&dir, p1, &broker);
+    let (_n2, _) = serve(&dir, p2, &broker);
+    wait_port(p1);
+    wait_port(p2);
+    let mut ws = subscriber(p2, "alice", &["chat:s"]).await;
+    for n in 1..=3 {
+        let body = json!({"channel": "chat:s", "data": {"n": n}}).to_string();
+        let (status, reply) = api(p1, "POST", "/api/publish", &body).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    for offset in 1..=3u64 {
+        let p = recv_json(&mut ws).await;
+        assert_eq!(p["push"], "pub", "{p}");
+        assert_eq!(p["offset"], offset, "{p}");
+        assert_eq!(p["data"]["n"], offset);
+    }
+    // The data is on the master the sentinel named (broker.url's host and
+    // port are not used).
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &master.to_string(),
+            "hget",
+            "wshub:{chat:s}:meta",
+            "offset",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
