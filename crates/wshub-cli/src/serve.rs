@@ -1,5 +1,6 @@
 //! `wshub serve` (also what a bare `wshub` runs): the hub on the embedded
-//! in-memory broker, or on Redis for a cluster (`[broker] engine = "redis"`) —
+//! in-memory broker, or on Redis for a cluster (`[broker] engine = "redis"`,
+//! one server, a Redis Cluster or a Sentinel-managed master: `broker.mode`) —
 //! WebSocket clients speaking `wshub.v1`, the HTTP API,
 //! health and metrics, all on one port; optional TLS with certificate reload
 //! on file change or SIGHUP; graceful drain on SIGTERM or Ctrl-C.
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use wshub::hub::broker::Broker;
-use wshub::hub::config::{BrokerEngine, HubConfig, LogFormat};
+use wshub::hub::config::{BrokerEngine, HubConfig, LogFormat, RedisMode};
 use wshub::hub::memory::{MemoryBroker, MemoryBrokerConfig};
 use wshub::hub::Hub;
 use wshub_redis::{RedisBroker, RedisBrokerConfig};
@@ -60,12 +61,38 @@ async fn serve(loaded: crate::settings::Loaded) -> anyhow::Result<()> {
     let config = loaded.config;
     let broker: Arc<dyn Broker> = match config.broker.engine {
         BrokerEngine::Redis => {
-            let mut rc = RedisBrokerConfig::new(&config.broker.url);
-            rc.prefix = config.broker.prefix.clone();
+            let b = &config.broker;
+            let (mut rc, target) = match b.mode {
+                RedisMode::Single => (
+                    RedisBrokerConfig::new(&b.url),
+                    format!("Redis at {}", b.url),
+                ),
+                RedisMode::Cluster => (
+                    RedisBrokerConfig::cluster(b.nodes.iter().cloned()),
+                    format!("the Redis Cluster at {}", b.nodes.join(", ")),
+                ),
+                RedisMode::Sentinel => {
+                    // The URL's credentials and database apply to the master.
+                    let mut rc = RedisBrokerConfig::sentinel(
+                        b.nodes.iter().cloned(),
+                        b.sentinel_master.clone(),
+                    );
+                    rc.url.clone_from(&b.url);
+                    (
+                        rc,
+                        format!(
+                            "the Redis master {:?} through the sentinels at {}",
+                            b.sentinel_master,
+                            b.nodes.join(", ")
+                        ),
+                    )
+                }
+            };
+            rc.prefix.clone_from(&b.prefix);
             let redis = RedisBroker::connect(rc)
                 .await
-                .with_context(|| format!("cannot connect to Redis at {}", config.broker.url))?;
-            tracing::info!(url = %config.broker.url, prefix = %config.broker.prefix, "broker: redis");
+                .with_context(|| format!("cannot connect to {target}"))?;
+            tracing::info!(mode = ?b.mode, redis = %target, prefix = %b.prefix, "broker: redis");
             Arc::new(redis)
         }
         _ => Arc::new(MemoryBroker::new(MemoryBrokerConfig::default())),

@@ -1,10 +1,13 @@
-//! [`RedisBroker`]: the [`Broker`] of a cluster of hub nodes sharing one Redis.
+//! [`RedisBroker`]: the [`Broker`] of a cluster of hub nodes sharing one Redis
+//! (a single server, a Redis Cluster, or a master found through Sentinel).
 //!
-//! Commands (the Lua scripts of the `scripts` module) run on a
-//! multiplexed [`ConnectionManager`], which reconnects by itself after a
-//! failed command; events arrive on the separate pub/sub connection of
-//! the `pubsub` module, which this crate reconnects and resubscribes
-//! itself.
+//! Commands (the Lua scripts of the `scripts` module) run on the command
+//! connection of the `topology` module — a multiplexed
+//! [`ConnectionManager`](redis::aio::ConnectionManager) for a single server,
+//! which reconnects by itself after a failed command, a cluster connection,
+//! or a sentinel-resolved master connection; events arrive on the separate
+//! pub/sub connections of the `pubsub` module, which this crate reconnects
+//! and resubscribes itself.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, Value};
-use tokio::task::JoinHandle;
+use redis::{RedisError, Value};
 use wshub::hub::broker::{
     BoxFuture, Broker, BrokerError, ControlCommand, EventSink, HistoryFilter, HistoryResult,
     NodeInfo, PresenceStats, PublishOptions, StreamPosition,
@@ -22,19 +23,21 @@ use wshub::hub::broker::{
 use wshub::hub::protocol::ClientInfo;
 
 use crate::codec;
-use crate::config::{broker_error, RedisBrokerConfig};
+use crate::config::{broker_error, RedisBrokerConfig, RedisTopology};
 use crate::pubsub::{self, Subscriber};
 use crate::scripts::Scripts;
+use crate::topology::{Commands, Connector};
 
 /// The Redis [`Broker`]. See the [crate docs](crate).
 ///
 /// Cheap to share behind an `Arc`; dropping it stops its pub/sub task.
 pub struct RedisBroker {
     config: RedisBrokerConfig,
-    commands: ConnectionManager,
+    commands: Commands,
     scripts: Scripts,
     subscriber: Arc<Subscriber>,
-    reader: JoinHandle<()>,
+    /// The pub/sub tasks; dropping them stops them.
+    _tasks: pubsub::Tasks,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -46,43 +49,28 @@ impl std::fmt::Debug for RedisBroker {
     }
 }
 
-impl Drop for RedisBroker {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
 impl RedisBroker {
-    /// Connects to Redis: opens the command connection and the pub/sub
-    /// connection and starts the task that reads the latter. Must be called
-    /// inside a tokio runtime.
+    /// Connects to Redis as [`RedisBrokerConfig::topology`] says: opens the
+    /// command connection and the pub/sub connection(s) and starts the tasks
+    /// that serve the latter. Must be called inside a tokio runtime.
     ///
-    /// Fails with [`BrokerError::Internal`] for an invalid URL and
+    /// Fails with [`BrokerError::Internal`] for invalid settings (see
+    /// [`RedisBrokerConfig::validate`]) or URLs and
     /// [`BrokerError::Unavailable`] or [`BrokerError::Timeout`] when Redis
     /// cannot be reached (later outages are survived by reconnecting).
     pub async fn connect(config: RedisBrokerConfig) -> Result<RedisBroker, BrokerError> {
-        let client = Client::open(config.url.as_str())
-            .map_err(|e| BrokerError::Internal(format!("invalid redis url: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(config.connect_timeout)
-            .set_response_timeout(config.command_timeout)
-            .set_number_of_retries(1);
-        let commands = tokio::time::timeout(
-            config.connect_timeout,
-            client.get_connection_manager_with_config(manager_config),
-        )
-        .await
-        .map_err(|_| BrokerError::Timeout)?
-        .map_err(broker_error)?;
+        config.validate()?;
+        let connector = Connector::new(&config)?;
+        let commands = Commands::open(&config).await?;
         let subscriber = Arc::new(Subscriber::new(&config));
-        let first = pubsub::connect(&client, config.connect_timeout).await?;
-        let reader = pubsub::start(Arc::clone(&subscriber), client, first, &config).await?;
+        let tasks = pubsub::start(Arc::clone(&subscriber), connector, &config).await?;
+        let sharded = matches!(config.topology, RedisTopology::Cluster { .. });
         Ok(RedisBroker {
             config,
             commands,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(sharded),
             subscriber,
-            reader,
+            _tasks: tasks,
         })
     }
 
@@ -95,6 +83,11 @@ impl RedisBroker {
     /// The settings this broker was connected with.
     pub fn config(&self) -> &RedisBrokerConfig {
         &self.config
+    }
+
+    /// The node registry's key (see the `scripts` module).
+    fn registry_key(&self) -> String {
+        format!("{}:nodes", self.config.prefix)
     }
 
     fn key(&self, channel: &str, suffix: &str) -> String {
@@ -289,26 +282,22 @@ impl RedisBroker {
             .collect()
     }
 
-    /// Every key matching `pattern`, by `SCAN`.
+    /// Every key matching `pattern`, by `SCAN` — on every master in cluster
+    /// mode, where one node's `SCAN` sees only its own shard.
     async fn scan(&self, pattern: &str) -> Result<Vec<String>, BrokerError> {
-        let mut conn = self.commands.clone();
         let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        for _ in 0..1_000_000 {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(broker_error)?;
-            keys.extend(batch);
-            cursor = next;
-            if cursor == 0 {
-                break;
+        match self.subscriber.master_connections().await {
+            Some(masters) => {
+                if masters.is_empty() {
+                    return Err(BrokerError::Unavailable(
+                        "not connected to the cluster's masters".to_owned(),
+                    ));
+                }
+                for mut conn in masters {
+                    scan_into(&mut conn, pattern, &mut keys).await?;
+                }
             }
+            None => scan_into(&mut self.commands.clone(), pattern, &mut keys).await?,
         }
         keys.sort();
         keys.dedup();
@@ -425,15 +414,14 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let json =
                 serde_json::to_vec(&info).map_err(|e| BrokerError::Internal(e.to_string()))?;
-            let key = format!("{}:node:{}", self.config.prefix, info.node);
-            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-            let mut conn = self.commands.clone();
-            let () = redis::cmd("SET")
-                .arg(key)
+            let _: i64 = self
+                .scripts
+                .announce_node
+                .key(self.registry_key())
+                .arg(&info.node)
                 .arg(json)
-                .arg("PX")
-                .arg(ttl_ms)
-                .query_async(&mut conn)
+                .arg(millis(ttl).max(1))
+                .invoke_async(&mut self.commands.clone())
                 .await
                 .map_err(broker_error)?;
             Ok(())
@@ -442,23 +430,16 @@ impl Broker for RedisBroker {
 
     fn nodes<'a>(&'a self) -> BoxFuture<'a, Result<Vec<NodeInfo>, BrokerError>> {
         Box::pin(async move {
-            // Node keys never contain `{`, channel keys always do, so the
-            // pattern matches node entries only. SCAN is fine for a
-            // registry of a few nodes.
-            let pattern = format!("{}:node:*", self.config.prefix);
-            let keys = self.scan(&pattern).await?;
-            if keys.is_empty() {
-                return Ok(Vec::new());
-            }
-            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
-                .arg(&keys)
-                .query_async(&mut self.commands.clone())
-                .await
-                .map_err(broker_error)?;
+            let key = self.registry_key();
+            let values: Vec<Vec<u8>> = retry_once(|| {
+                let invocation = self.scripts.nodes.key(&key);
+                let mut con = self.commands.clone();
+                async move { invocation.invoke_async(&mut con).await }
+            })
+            .await?;
             let mut nodes: Vec<NodeInfo> = values
-                .into_iter()
-                .flatten()
-                .filter_map(|v| serde_json::from_slice(&v).ok())
+                .iter()
+                .filter_map(|v| serde_json::from_slice(v).ok())
                 .collect();
             nodes.sort_by(|a, b| a.node.cmp(&b.node));
             nodes.dedup_by(|a, b| a.node == b.node);
@@ -557,6 +538,32 @@ impl Broker for RedisBroker {
 /// a command fails on it, and reconnects for the next one. Only for
 /// operations that are safe to repeat (reads, deletions); a publish is not
 /// retried here, its caller retries with an idempotency key.
+/// Appends to `keys` every key of `conn`'s server matching `pattern`.
+async fn scan_into<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    pattern: &str,
+    keys: &mut Vec<String>,
+) -> Result<(), BrokerError> {
+    let mut cursor: u64 = 0;
+    for _ in 0..1_000_000 {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .map_err(broker_error)?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
 async fn retry_once<T, F, Fut>(mut op: F) -> Result<T, BrokerError>
 where
     F: FnMut() -> Fut,

@@ -1,9 +1,10 @@
 //! `wshub-redis`: the Redis [`Broker`](wshub::hub::broker::Broker) for a
 //! cluster of wshub nodes.
 //!
-//! Every node connects its own [`RedisBroker`] to one Redis; the hub holds it
-//! as an `Arc<dyn Broker>` exactly like the in-memory engine, and nothing
-//! above the broker changes. The semantics match
+//! Every node connects its own [`RedisBroker`] to the same Redis — one
+//! server, a Redis Cluster, or a master found through Sentinel (see
+//! [`RedisTopology`]); the hub holds it as an `Arc<dyn Broker>` exactly like
+//! the in-memory engine, and nothing above the broker changes. The semantics match
 //! [`MemoryBroker`](wshub::hub::memory::MemoryBroker)'s: per-channel offsets
 //! from 1 within a random epoch, bounded history with a size and an age
 //! limit, idempotency keys per channel, presence with a TTL per member,
@@ -33,7 +34,13 @@
 //!   subscribed to the channels it has local subscribers for, and reconnects
 //!   and resubscribes with backoff after losing it ([`RedisBroker::is_healthy`]
 //!   reports it for `/readyz`). Gaps from the outage are the hub's to recover
-//!   from history, by offset.
+//!   from history, by offset. Concurrent (un)subscriptions and the
+//!   resubscription are **batched** into multi-channel commands of up to
+//!   [`RedisBrokerConfig::subscribe_batch`] channels: a node starting with a
+//!   thousand channels sends four `SUBSCRIBE`s, not a thousand.
+//! * **Cross-node control** commands travel on `{prefix}:control`, and the
+//!   **node registry** is one hash, `{prefix}:nodes`, whose entries carry
+//!   their expiry and are pruned when read.
 //! * **Presence** is a hash of client id → `ClientInfo` JSON plus a sorted set
 //!   of expiry times per channel, pruned inside each presence script, and a
 //!   count of present clients per user, so a join event goes out with a
@@ -47,8 +54,27 @@
 //!   `/api/channels` sums the live nodes' lists on any node.
 //!
 //! All of a channel's keys carry the `{channel}` hash tag, so on a Redis
-//! Cluster they share a slot and every script stays single-slot. (This crate
-//! connects to a single Redis today.)
+//! Cluster they share a slot and every script stays single-slot.
+//!
+//! # Topologies
+//!
+//! * **Single** ([`RedisBrokerConfig::new`]): one Redis server.
+//! * **Cluster** ([`RedisBrokerConfig::cluster`], Redis 7 or later): scripts
+//!   are routed to the master of the channel's slot, and events use
+//!   **sharded pub/sub**: the scripts `SPUBLISH` to `{prefix}:{channel}:ch`
+//!   (same hash tag, same slot), and each node `SSUBSCRIBE`s, on the master
+//!   owning the slot, only to channels with local subscribers — so a
+//!   publication crosses the cluster bus only to the shard that owns it, not
+//!   to every node. Control commands use a plain `PUBLISH`, which reaches
+//!   every node. The node registry and presence are single-key or
+//!   single-slot, so they work unchanged. A slot migration makes a master
+//!   drop its sharded subscriptions; the node then re-reads the slot map and
+//!   resubscribes (as after any connection loss), and the hub recovers the
+//!   gap from history.
+//! * **Sentinel** ([`RedisBrokerConfig::sentinel`]): the master's address is
+//!   asked of the sentinels on every (re)connect; after a failover the old
+//!   master's connections are closed by Sentinel (or answer `READONLY`), and
+//!   the node reconnects to the new master and resubscribes.
 //!
 //! # Differences from the in-memory engine
 //!
@@ -66,20 +92,28 @@
 //! `redis` (redis-rs) is the most used Redis client for Rust and maintained
 //! under the redis-rs organisation; it has tokio support, a reconnecting
 //! multiplexed [`ConnectionManager`](redis::aio::ConnectionManager) for
-//! commands, a pub/sub connection that can be split into a command half and a
-//! message stream, and script invocation with `EVALSHA` fallback. `fred` is a
+//! commands, RESP3 connections that hand pub/sub messages to a channel of
+//! ours, cluster and sentinel clients (features `cluster-async`,
+//! `sentinel`), and script invocation with `EVALSHA` fallback. `fred` is a
 //! fine alternative with built-in resubscription, but is larger and would
-//! hide the resubscribe step that the node's health depends on. The 0.32 line
+//! hide the resubscribe step that the node's health depends on. The cluster
+//! client's own resubscription is not used either: it sends every sharded
+//! channel in one `SSUBSCRIBE`, which Redis refuses across slots, so this
+//! crate keeps its own connection per master. `crc16` (already a dependency
+//! of the cluster client) computes hash slots. The 0.32 line
 //! is used because it supports the workspace's Rust 1.85 (the 1.x line needs
 //! 1.88).
 //!
 //! # Layout
 //!
 //! - [`broker`]: [`RedisBroker`] and its `Broker` implementation.
-//! - [`config`]: [`RedisBrokerConfig`] and error mapping.
+//! - [`config`]: [`RedisBrokerConfig`], [`RedisTopology`] and error mapping.
 //! - `codec`: how publications and join/leave events are encoded.
-//! - `pubsub`: the pub/sub connection, delivery and reconnection.
+//! - `pubsub`: the pub/sub connections, batched (un)subscription, delivery
+//!   and reconnection.
 //! - `scripts`: the Lua scripts and the key layout.
+//! - `topology`: connecting to a single server, a cluster or a sentinel
+//!   master.
 //!
 //! # Example
 //!
@@ -108,6 +142,9 @@ mod codec;
 pub mod config;
 mod pubsub;
 mod scripts;
+mod topology;
 
 pub use broker::RedisBroker;
-pub use config::{RedisBrokerConfig, DEFAULT_HISTORY_META_TTL};
+pub use config::{
+    RedisBrokerConfig, RedisTopology, DEFAULT_HISTORY_META_TTL, DEFAULT_SUBSCRIBE_BATCH,
+};

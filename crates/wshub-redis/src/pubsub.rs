@@ -1,73 +1,174 @@
-//! The node's one pub/sub connection: which channels it listens to, the task
-//! that reads it and delivers events, and reconnection.
+//! The node's pub/sub connections: which channels it listens to, the task
+//! that batches (un)subscriptions, the task that reads and delivers events,
+//! and reconnection.
 //!
 //! # How it works
 //!
-//! * [`Subscriber`] holds the set of channels the hub asked for. The reader
-//!   task delivers a message only if its channel is in the set, checked under
-//!   the set's lock, so once [`Subscriber::unsubscribe`] has removed a channel
-//!   nothing of it is delivered any more, even messages already in flight.
-//! * `SUBSCRIBE`/`UNSUBSCRIBE` go through the current connection's command
-//!   half, one at a time under an async lock (the reply to a multi-channel
-//!   `SUBSCRIBE` is several frames, which the client library does not match
-//!   up, and serialising keeps a quick subscribe/unsubscribe of one channel
-//!   in order). The lock is also what the reconnect path takes while it
-//!   resubscribes, so a subscribe either lands on the new connection or is
-//!   part of the resubscription.
-//! * The reader task owns the message half. When it ends (the server closed
-//!   the connection) or a periodic `PING` goes unanswered, the node is marked
-//!   unhealthy, the command half is dropped, and the task reconnects with
-//!   exponential backoff and jitter, then resubscribes every channel in the
-//!   set before marking the node healthy again. Publications sent while
+//! * [`Subscriber`] holds the set of channels the hub asked for (`wanted`).
+//!   The reader task delivers a message only if its channel is in the set,
+//!   checked under the set's lock, so once [`Subscriber::unsubscribe`] has
+//!   returned nothing of the channel is delivered any more, even messages
+//!   already in flight.
+//! * **(Un)subscriptions are batched.** `subscribe` and `unsubscribe` append
+//!   a request to a queue and wait; one flusher task takes the whole queue,
+//!   applies it to `wanted` in call order, works out which channels really
+//!   change at Redis (a subscribe/unsubscribe/subscribe of one channel in one
+//!   batch nets out to "subscribed", and no command at all if it already
+//!   was), and sends them as multi-channel `SUBSCRIBE`/`UNSUBSCRIBE` of up to
+//!   [`RedisBrokerConfig::subscribe_batch`] channels. While one batch is at
+//!   Redis the next requests queue up, so a node starting with thousands of
+//!   channels sends a handful of commands, not thousands. Measured on
+//!   loopback (debug build, shared machine): 10,000 concurrent subscribes
+//!   took 2.9 s one command at a time and 0.21 s batched (about 40 commands);
+//!   1,000 took 150 ms and 25 ms (4 commands). A subscribe
+//!   returns only after Redis confirmed its channel; an unsubscribe after the
+//!   channel left `wanted` and its `UNSUBSCRIBE` was answered (or failed:
+//!   it is best effort, a dead connection has no subscriptions).
+//! * **Why RESP3.** The connections speak RESP3 with a push sender: replies
+//!   to (un)subscriptions and messages arrive as push frames, and a
+//!   multi-channel command is sent as a one-command pipeline expecting one
+//!   reply per channel, so the client library matches every confirmation.
+//!   (The RESP2 pub/sub connection of the `redis` crate matches only the
+//!   first confirmation of a multi-channel `SUBSCRIBE` to its request; the
+//!   others would be taken as answers to later commands.)
+//! * **Cluster mode** keeps one connection per master and uses sharded
+//!   pub/sub: a channel's pub/sub name carries the channel as hash tag, so it
+//!   lives in the slot of the channel's keys, and `SSUBSCRIBE` goes to the
+//!   master owning that slot (one command per slot and batch, as Redis
+//!   requires). The control channel is a plain `SUBSCRIBE` on the first
+//!   connection: a plain `PUBLISH` reaches every node of a cluster.
+//! * The reader task reads the push frames of the current connection
+//!   generation. When a connection reports its loss, a periodic `PING` goes
+//!   unanswered, a (un)subscribe command fails, or a master drops a sharded
+//!   subscription by itself (its slot moved), the node is marked unhealthy,
+//!   the generation is dropped, and the task reconnects with exponential
+//!   backoff and jitter (re-reading the cluster's slot map, or asking the
+//!   sentinels for the master), then resubscribes every wanted channel in
+//!   batches before marking the node healthy again. (The client library
+//!   takes a master's own `sunsubscribe` for the reply to the oldest
+//!   command in flight on that connection; the connection is replaced right
+//!   after, so at worst one (un)subscription or ping in flight at that moment
+//!   is answered wrongly, and the resubscription puts things right.) Publications sent while
 //!   disconnected are not replayed here: the hub sees the offset gap and
 //!   recovers from history.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::{PubSub, PubSubSink};
-use redis::Client;
+use futures_util::future::join_all;
+use redis::aio::MultiplexedConnection;
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use wshub::hub::broker::{BrokerError, BrokerEvent, EventSink};
 
 use crate::codec;
-use crate::config::{broker_error, RedisBrokerConfig};
+use crate::config::{broker_error, RedisBrokerConfig, RedisTopology};
+use crate::topology::{Connector, Shards};
 
-/// Shared between the broker's methods and the reader task.
+/// A queued (un)subscription and its waiter.
+enum Request {
+    Subscribe(String, oneshot::Sender<Result<(), BrokerError>>),
+    Unsubscribe(String, oneshot::Sender<()>),
+}
+
+/// One generation of pub/sub connections and what is subscribed on it.
+struct Link {
+    shards: Shards,
+    /// Hub channels subscribed at Redis on these connections.
+    subscribed: HashSet<String>,
+}
+
+/// Whether a command subscribes or unsubscribes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Subscribe,
+    Unsubscribe,
+}
+
+/// Shared between the broker's methods, the flusher and the reader task.
 pub(crate) struct Subscriber {
-    /// The pub/sub channel prefix, `{prefix}:ch:`.
-    channel_prefix: String,
+    prefix: String,
+    /// Whether channels use sharded pub/sub (cluster mode); decides their
+    /// Redis names.
+    sharded: bool,
     /// The cross-node control channel, `{prefix}:control`; always
     /// subscribed.
     pub(crate) control_channel: String,
     /// Channels (hub names) this node wants events of.
     wanted: Mutex<HashSet<String>>,
-    /// The command half of the current connection; `None` while disconnected.
-    commands: tokio::sync::Mutex<Option<PubSubSink>>,
+    /// Requests not yet taken by the flusher, in call order.
+    queue: Mutex<Vec<Request>>,
+    /// Wakes the flusher.
+    queued: Notify,
+    /// The current connections; `None` while disconnected.
+    link: tokio::sync::Mutex<Option<Link>>,
+    /// Set (and `wake` notified) when the current connections must be
+    /// replaced.
+    broken: AtomicBool,
+    wake: Notify,
     sink: RwLock<Option<Arc<dyn EventSink>>>,
     healthy: AtomicBool,
     command_timeout: Duration,
+    batch: usize,
 }
 
 impl Subscriber {
     pub(crate) fn new(config: &RedisBrokerConfig) -> Subscriber {
         Subscriber {
-            channel_prefix: format!("{}:ch:", config.prefix),
+            prefix: config.prefix.clone(),
+            sharded: matches!(config.topology, RedisTopology::Cluster { .. }),
             control_channel: format!("{}:control", config.prefix),
             wanted: Mutex::new(HashSet::new()),
-            commands: tokio::sync::Mutex::new(None),
+            queue: Mutex::new(Vec::new()),
+            queued: Notify::new(),
+            link: tokio::sync::Mutex::new(None),
+            broken: AtomicBool::new(false),
+            wake: Notify::new(),
             sink: RwLock::new(None),
             healthy: AtomicBool::new(false),
             command_timeout: config.command_timeout,
+            batch: config.subscribe_batch.max(1),
         }
     }
 
-    /// The Redis pub/sub channel of hub channel `channel`.
+    /// The Redis pub/sub channel of hub channel `channel`:
+    /// `{prefix}:ch:{channel}`, or in cluster mode `{prefix}:{{channel}}:ch`,
+    /// whose hash tag puts it in the slot of the channel's keys (a script may
+    /// only `SPUBLISH` to a channel of its own slot).
+    /// In cluster mode, a connection to each master of the current
+    /// generation (for commands that must visit every shard, like `SCAN`);
+    /// `None` outside cluster mode; `Some` and empty while disconnected.
+    pub(crate) async fn master_connections(&self) -> Option<Vec<MultiplexedConnection>> {
+        if !self.sharded {
+            return None;
+        }
+        let link = self.link.lock().await;
+        Some(
+            link.as_ref()
+                .map_or_else(Vec::new, |l| l.shards.conns.clone()),
+        )
+    }
+
     pub(crate) fn redis_channel(&self, channel: &str) -> String {
-        format!("{}{channel}", self.channel_prefix)
+        if self.sharded {
+            format!("{}:{{{channel}}}:ch", self.prefix)
+        } else {
+            format!("{}:ch:{channel}", self.prefix)
+        }
+    }
+
+    /// The hub channel of Redis pub/sub channel `name`, if it is one.
+    fn hub_channel<'a>(&self, name: &'a str) -> Option<&'a str> {
+        let rest = name.strip_prefix(self.prefix.as_str())?;
+        if self.sharded {
+            rest.strip_prefix(":{")?.strip_suffix("}:ch")
+        } else {
+            rest.strip_prefix(":ch:")
+        }
     }
 
     pub(crate) fn set_sink(&self, sink: Arc<dyn EventSink>) {
@@ -82,44 +183,215 @@ impl Subscriber {
         self.wanted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn enqueue(&self, request: Request) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(request);
+        self.queued.notify_one();
+    }
+
     /// Subscribes the node to `channel`; events flow once this returns `Ok`.
     pub(crate) async fn subscribe(&self, channel: &str) -> Result<(), BrokerError> {
-        let mut commands = self.commands.lock().await;
-        let Some(sink) = commands.as_mut() else {
-            return Err(BrokerError::Unavailable(
-                "redis pub/sub connection is down".to_owned(),
-            ));
-        };
-        self.wanted().insert(channel.to_owned());
-        let name = self.redis_channel(channel);
-        match tokio::time::timeout(self.command_timeout, sink.subscribe(&name)).await {
-            Ok(Ok(())) => Ok(()),
-            failed => {
-                // Not subscribed after all; the reconnect will not add it.
-                self.wanted().remove(channel);
-                Err(match failed {
-                    Ok(Err(e)) => broker_error(e),
-                    _ => BrokerError::Timeout,
-                })
-            }
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Request::Subscribe(channel.to_owned(), tx));
+        rx.await.unwrap_or_else(|_| {
+            Err(BrokerError::Unavailable(
+                "redis pub/sub task stopped".to_owned(),
+            ))
+        })
+    }
+
+    /// Unsubscribes the node from `channel`. Nothing of it is delivered once
+    /// this returns; the Redis `UNSUBSCRIBE` is best effort.
+    pub(crate) async fn unsubscribe(&self, channel: &str) {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(Request::Unsubscribe(channel.to_owned(), tx));
+        if rx.await.is_err() {
+            // The flusher is gone (the broker is being dropped): still keep
+            // the promise that nothing more is delivered.
+            self.wanted().remove(channel);
         }
     }
 
-    /// Unsubscribes the node from `channel`. Delivery stops at once; the
-    /// Redis `UNSUBSCRIBE` is best effort (a dead connection has no
-    /// subscriptions, and the reconnect only restores wanted channels).
-    pub(crate) async fn unsubscribe(&self, channel: &str) {
-        let mut commands = self.commands.lock().await;
-        if !self.wanted().remove(channel) {
+    /// Takes every queued request and carries it out.
+    async fn flush(&self) {
+        let requests =
+            std::mem::take(&mut *self.queue.lock().unwrap_or_else(PoisonError::into_inner));
+        if requests.is_empty() {
             return;
         }
-        if let Some(sink) = commands.as_mut() {
-            let name = self.redis_channel(channel);
-            match tokio::time::timeout(self.command_timeout, sink.unsubscribe(&name)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(channel, error = %e, "redis unsubscribe failed"),
-                Err(_) => tracing::debug!(channel, "redis unsubscribe timed out"),
+        let mut link = self.link.lock().await;
+        let mut subscribers = Vec::new();
+        let mut unsubscribers = Vec::new();
+        let mut touched: Vec<String> = Vec::new();
+        {
+            let mut wanted = self.wanted();
+            for request in requests {
+                match request {
+                    Request::Subscribe(channel, tx) => {
+                        if link.is_none() {
+                            // Not subscribed; the reconnect will not add it.
+                            let _ = tx.send(Err(BrokerError::Unavailable(
+                                "redis pub/sub connection is down".to_owned(),
+                            )));
+                            continue;
+                        }
+                        wanted.insert(channel.clone());
+                        touched.push(channel.clone());
+                        subscribers.push((channel, tx));
+                    }
+                    Request::Unsubscribe(channel, tx) => {
+                        wanted.remove(&channel);
+                        touched.push(channel);
+                        unsubscribers.push(tx);
+                    }
+                }
             }
+        }
+        let mut failed: HashMap<String, BrokerError> = HashMap::new();
+        if let Some(link) = link.as_mut() {
+            touched.sort_unstable();
+            touched.dedup();
+            let (to_subscribe, to_unsubscribe): (Vec<String>, Vec<String>) = {
+                let wanted = self.wanted();
+                let changes = touched
+                    .into_iter()
+                    .filter(|c| wanted.contains(c) != link.subscribed.contains(c));
+                changes.partition(|c| wanted.contains(c))
+            };
+            if !to_unsubscribe.is_empty() {
+                for channel in &to_unsubscribe {
+                    link.subscribed.remove(channel);
+                }
+                let errors = self
+                    .send(&link.shards, Action::Unsubscribe, &to_unsubscribe)
+                    .await;
+                for (channel, e) in errors {
+                    tracing::debug!(channel, error = %e, "redis unsubscribe failed");
+                }
+            }
+            if !to_subscribe.is_empty() {
+                failed = self
+                    .send(&link.shards, Action::Subscribe, &to_subscribe)
+                    .await
+                    .into_iter()
+                    .collect();
+                for channel in &to_subscribe {
+                    if !failed.contains_key(channel) {
+                        link.subscribed.insert(channel.clone());
+                    }
+                }
+                if !failed.is_empty() {
+                    let mut wanted = self.wanted();
+                    for channel in failed.keys() {
+                        wanted.remove(channel);
+                    }
+                }
+            }
+        }
+        drop(link);
+        if !failed.is_empty() {
+            tracing::warn!(
+                channels = failed.len(),
+                "redis subscribe failed; reconnecting pub/sub"
+            );
+            self.break_link();
+        }
+        for (channel, tx) in subscribers {
+            let _ = tx.send(match failed.get(&channel) {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            });
+        }
+        for tx in unsubscribers {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Sends (un)subscriptions of `channels` in batches, all batches at
+    /// once (the connections pipeline them). Returns the channels that
+    /// failed, with why.
+    async fn send(
+        &self,
+        shards: &Shards,
+        action: Action,
+        channels: &[String],
+    ) -> Vec<(String, BrokerError)> {
+        let sharded = shards.sharded();
+        let command = match (action, sharded) {
+            (Action::Subscribe, false) => "SUBSCRIBE",
+            (Action::Unsubscribe, false) => "UNSUBSCRIBE",
+            (Action::Subscribe, true) => "SSUBSCRIBE",
+            (Action::Unsubscribe, true) => "SUNSUBSCRIBE",
+        };
+        // Group by connection and (in cluster mode) slot: one sharded
+        // command may only name channels of one slot.
+        let mut groups: HashMap<(usize, u16), Vec<(String, String)>> = HashMap::new();
+        let mut failed = Vec::new();
+        for channel in channels {
+            let name = self.redis_channel(channel);
+            match shards.route(&name) {
+                Some(at) => groups.entry(at).or_default().push((channel.clone(), name)),
+                None => failed.push((
+                    channel.clone(),
+                    BrokerError::Unavailable("no redis cluster node serves the channel".into()),
+                )),
+            }
+        }
+        let mut batches = Vec::new();
+        for ((shard, _), members) in &groups {
+            for chunk in members.chunks(self.batch) {
+                if let Some(conn) = shards.conns.get(*shard) {
+                    batches.push(self.command(conn.clone(), command, chunk));
+                }
+            }
+        }
+        for result in join_all(batches).await {
+            failed.extend(result);
+        }
+        failed
+    }
+
+    /// One multi-channel command; its failure is every channel's.
+    async fn command(
+        &self,
+        mut conn: MultiplexedConnection,
+        command: &str,
+        chunk: &[(String, String)],
+    ) -> Vec<(String, BrokerError)> {
+        let names: Vec<&str> = chunk.iter().map(|(_, name)| name.as_str()).collect();
+        match self.run(&mut conn, command, &names).await {
+            Ok(()) => Vec::new(),
+            Err(e) => chunk.iter().map(|(c, _)| (c.clone(), e.clone())).collect(),
+        }
+    }
+
+    /// Sends `command names…` as a one-command pipeline that expects one
+    /// confirmation per name (see the module docs).
+    async fn run(
+        &self,
+        conn: &mut MultiplexedConnection,
+        command: &str,
+        names: &[&str],
+    ) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd(command).arg(names);
+        let replies = tokio::time::timeout(
+            self.command_timeout,
+            conn.send_packed_commands(&pipe, 0, names.len()),
+        )
+        .await
+        .map_err(|_| BrokerError::Timeout)?
+        .map_err(broker_error)?;
+        if replies.len() == names.len() {
+            Ok(())
+        } else {
+            Err(BrokerError::Internal(format!(
+                "redis {command} of {} channels got {} replies",
+                names.len(),
+                replies.len()
+            )))
         }
     }
 
@@ -133,7 +405,7 @@ impl Subscriber {
             }
             return;
         }
-        let Some(channel) = redis_channel.strip_prefix(&self.channel_prefix) else {
+        let Some(channel) = self.hub_channel(redis_channel) else {
             return;
         };
         // Hold the set's lock while delivering: an unsubscribe waits for an
@@ -153,29 +425,83 @@ impl Subscriber {
         }
     }
 
-    /// Makes `conn` the current connection and subscribes it to every
-    /// wanted channel. Returns the message half when all went well.
-    async fn install(&self, conn: PubSub) -> Result<redis::aio::PubSubStream, BrokerError> {
-        let (mut sink, stream) = conn.split();
-        let mut commands = self.commands.lock().await;
-        let channels: Vec<String> = self.wanted().iter().cloned().collect();
-        tokio::time::timeout(self.command_timeout, sink.subscribe(&self.control_channel))
-            .await
-            .map_err(|_| BrokerError::Timeout)?
-            .map_err(broker_error)?;
-        for channel in &channels {
-            let name = self.redis_channel(channel);
-            tokio::time::timeout(self.command_timeout, sink.subscribe(&name))
-                .await
-                .map_err(|_| BrokerError::Timeout)?
-                .map_err(broker_error)?;
+    /// Handles one push frame; `false` when it reports a lost connection.
+    fn push(&self, push: PushInfo) -> bool {
+        let text = |v: Option<&Value>| match v {
+            Some(Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Some(Value::SimpleString(s)) => Some(s.clone()),
+            _ => None,
+        };
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let (Some(channel), Some(Value::BulkString(payload))) =
+                    (text(push.data.first()), push.data.get(1))
+                else {
+                    tracing::warn!("malformed redis pub/sub message");
+                    return true;
+                };
+                self.handle(&channel, payload);
+                true
+            }
+            PushKind::Disconnection => false,
+            PushKind::SUnsubscribe => {
+                // A master drops sharded subscriptions by itself when their
+                // slot moves away; ours come only for unwanted channels.
+                let Some(name) = text(push.data.first()) else {
+                    return true;
+                };
+                match self.hub_channel(&name) {
+                    Some(channel) if self.wanted().contains(channel) => {
+                        tracing::warn!(
+                            channel,
+                            "redis dropped a sharded subscription (slot moved?)"
+                        );
+                        false
+                    }
+                    _ => true,
+                }
+            }
+            _ => true,
         }
-        *commands = Some(sink);
+    }
+
+    /// Makes `shards` the current connections and subscribes them to the
+    /// control channel and every wanted channel.
+    async fn install(&self, shards: Shards) -> Result<Vec<MultiplexedConnection>, BrokerError> {
+        let mut link = self.link.lock().await;
+        let Some(first) = shards.conns.first() else {
+            return Err(BrokerError::Internal(
+                "no redis pub/sub connection".to_owned(),
+            ));
+        };
+        self.run(&mut first.clone(), "SUBSCRIBE", &[&self.control_channel])
+            .await?;
+        let channels: Vec<String> = self.wanted().iter().cloned().collect();
+        if let Some((_, e)) = self
+            .send(&shards, Action::Subscribe, &channels)
+            .await
+            .into_iter()
+            .next()
+        {
+            return Err(e);
+        }
+        let conns = shards.conns.clone();
+        *link = Some(Link {
+            shards,
+            subscribed: channels.iter().cloned().collect(),
+        });
+        self.broken.store(false, Ordering::Release);
         self.healthy.store(true, Ordering::Release);
         if !channels.is_empty() {
             tracing::info!(channels = channels.len(), "redis pub/sub resubscribed");
         }
-        Ok(stream)
+        Ok(conns)
+    }
+
+    /// Asks the reader task to replace the connections.
+    fn break_link(&self) {
+        self.broken.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// Hands an event of the engine itself (not of a channel) to the sink.
@@ -188,40 +514,60 @@ impl Subscriber {
 
     async fn lost(&self) {
         self.healthy.store(false, Ordering::Release);
-        *self.commands.lock().await = None;
+        *self.link.lock().await = None;
     }
 }
 
-/// Opens a pub/sub connection within `timeout`.
-pub(crate) async fn connect(client: &Client, timeout: Duration) -> Result<PubSub, BrokerError> {
-    tokio::time::timeout(timeout, client.get_async_pubsub())
-        .await
-        .map_err(|_| BrokerError::Timeout)?
-        .map_err(broker_error)
+/// The pub/sub tasks of a broker; dropping it stops them.
+pub(crate) struct Tasks {
+    reader: JoinHandle<()>,
+    flusher: JoinHandle<()>,
 }
 
-/// Starts the reader task with an already open connection.
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.flusher.abort();
+    }
+}
+
+/// Connects the first generation of pub/sub connections and starts the
+/// reader and flusher tasks.
 pub(crate) async fn start(
     subscriber: Arc<Subscriber>,
-    client: Client,
-    first: PubSub,
+    connector: Connector,
     config: &RedisBrokerConfig,
-) -> Result<JoinHandle<()>, BrokerError> {
-    let stream = subscriber.install(first).await?;
+) -> Result<Tasks, BrokerError> {
+    let (tx, rx) = unbounded_channel();
+    let shards = connector.pubsub(&tx).await?;
+    drop(tx);
+    let conns = subscriber.install(shards).await?;
+    let flusher = {
+        let subscriber = Arc::clone(&subscriber);
+        tokio::spawn(async move {
+            loop {
+                subscriber.queued.notified().await;
+                subscriber.flush().await;
+            }
+        })
+    };
     let reader = Reader {
         subscriber,
-        client,
+        connector,
         connect_timeout: config.connect_timeout,
         min_delay: config.reconnect_min_delay,
         max_delay: config.reconnect_max_delay.max(config.reconnect_min_delay),
         ping_interval: config.ping_interval,
     };
-    Ok(tokio::spawn(reader.run(stream)))
+    Ok(Tasks {
+        reader: tokio::spawn(reader.run(rx, conns)),
+        flusher,
+    })
 }
 
 struct Reader {
     subscriber: Arc<Subscriber>,
-    client: Client,
+    connector: Connector,
     connect_timeout: Duration,
     min_delay: Duration,
     max_delay: Duration,
@@ -229,12 +575,16 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(self, mut stream: redis::aio::PubSubStream) {
+    async fn run(
+        self,
+        mut pushes: UnboundedReceiver<PushInfo>,
+        mut conns: Vec<MultiplexedConnection>,
+    ) {
         loop {
-            self.read(&mut stream).await;
+            self.read(&mut pushes, &conns).await;
             self.subscriber.lost().await;
             tracing::warn!("redis pub/sub connection lost; reconnecting");
-            stream = self.reconnect().await;
+            (pushes, conns) = self.reconnect().await;
             tracing::info!("redis pub/sub connection restored");
             // Events published while the connection was down are lost: the
             // hub checks its channels' positions and recovers.
@@ -242,53 +592,73 @@ impl Reader {
         }
     }
 
-    /// Reads and delivers messages until the connection is gone.
-    async fn read(&self, stream: &mut redis::aio::PubSubStream) {
+    /// Reads and delivers push frames until a connection is gone.
+    async fn read(
+        &self,
+        pushes: &mut UnboundedReceiver<PushInfo>,
+        conns: &[MultiplexedConnection],
+    ) {
         let mut ping = tokio::time::interval(self.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         loop {
+            if self.subscriber.broken.load(Ordering::Acquire) {
+                return;
+            }
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(msg) => self
-                        .subscriber
-                        .handle(msg.get_channel_name(), msg.get_payload_bytes()),
+                push = pushes.recv() => match push {
+                    Some(push) => {
+                        if !self.subscriber.push(push) {
+                            return;
+                        }
+                    }
                     None => return,
                 },
                 _ = ping.tick() => {
-                    if !self.ping().await {
+                    if !self.ping(conns).await {
                         return;
                     }
                 }
+                () = self.subscriber.wake.notified() => {}
             }
         }
     }
 
-    /// Whether the connection answers a `PING` in time. Messages keep
-    /// queueing in the client meanwhile; none are lost.
-    async fn ping(&self) -> bool {
-        let sink = self.subscriber.commands.lock().await.clone();
-        let Some(mut sink) = sink else {
-            return false;
-        };
-        matches!(
-            tokio::time::timeout(self.subscriber.command_timeout, sink.ping::<redis::Value>())
-                .await,
-            Ok(Ok(_))
-        )
+    /// Whether every connection answers a `PING` in time. Pushes keep
+    /// queueing meanwhile; none are lost.
+    async fn ping(&self, conns: &[MultiplexedConnection]) -> bool {
+        let pings = conns.iter().map(|conn| {
+            let mut conn = conn.clone();
+            async move {
+                matches!(
+                    tokio::time::timeout(
+                        self.subscriber.command_timeout,
+                        redis::cmd("PING").query_async::<Value>(&mut conn),
+                    )
+                    .await,
+                    Ok(Ok(_))
+                )
+            }
+        });
+        join_all(pings).await.into_iter().all(|ok| ok)
     }
 
-    /// Retries until a connection is open and resubscribed.
-    async fn reconnect(&self) -> redis::aio::PubSubStream {
+    /// Retries until a generation of connections is open and resubscribed.
+    async fn reconnect(&self) -> (UnboundedReceiver<PushInfo>, Vec<MultiplexedConnection>) {
         let mut delay = self.min_delay;
         loop {
             tokio::time::sleep(jitter(delay)).await;
-            match connect(&self.client, self.connect_timeout).await {
-                Ok(conn) => match self.subscriber.install(conn).await {
-                    Ok(stream) => return stream,
+            let (tx, rx) = unbounded_channel();
+            let opened =
+                tokio::time::timeout(self.connect_timeout * 4, self.connector.pubsub(&tx)).await;
+            drop(tx);
+            match opened {
+                Ok(Ok(shards)) => match self.subscriber.install(shards).await {
+                    Ok(conns) => return (rx, conns),
                     Err(e) => tracing::warn!(error = %e, "redis resubscribe failed"),
                 },
-                Err(e) => tracing::debug!(error = %e, "redis pub/sub reconnect failed"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "redis pub/sub reconnect failed"),
+                Err(_) => tracing::debug!("redis pub/sub reconnect timed out"),
             }
             delay = (delay * 2).min(self.max_delay);
         }
@@ -311,5 +681,26 @@ mod tests {
             let d = jitter(base);
             assert!(d >= Duration::from_millis(50) && d < Duration::from_millis(150));
         }
+    }
+
+    #[test]
+    fn channel_names_round_trip() {
+        let mut config = RedisBrokerConfig::new("redis://127.0.0.1");
+        let single = Subscriber::new(&config);
+        assert_eq!(single.redis_channel("chat:a"), "wshub:ch:chat:a");
+        assert_eq!(single.hub_channel("wshub:ch:chat:a"), Some("chat:a"));
+        assert_eq!(single.hub_channel("other:ch:chat:a"), None);
+        config.topology = RedisTopology::Cluster {
+            seeds: vec!["redis://127.0.0.1".into()],
+        };
+        let sharded = Subscriber::new(&config);
+        assert_eq!(sharded.redis_channel("chat:a"), "wshub:{chat:a}:ch");
+        assert_eq!(sharded.hub_channel("wshub:{chat:a}:ch"), Some("chat:a"));
+        assert_eq!(sharded.hub_channel("wshub:ch:chat:a"), None);
+        // The pub/sub channel hashes to the slot of the channel's keys.
+        assert_eq!(
+            crate::topology::slot(b"wshub:{chat:a}:ch"),
+            crate::topology::slot(b"wshub:{chat:a}:meta")
+        );
     }
 }

@@ -21,10 +21,16 @@
 //!   `{prefix}:{channel}:presence:users` — hash user id → how many of its
 //!   clients are present (anonymous clients are not counted: each is its
 //!   own), which makes "first join / last leave of a user" one lookup.
+//! * `{prefix}:nodes` — the node registry: hash node id → `"{expiry ms}\n"`
+//!   followed by the `NodeInfo` JSON; lapsed entries are removed when the
+//!   registry is read. One key, so it works the same on a Redis Cluster
+//!   (where a `SCAN` would only see one shard).
+//! * `{prefix}:nodechannels:{id}` — a node's channel list (JSON), with the
+//!   node lease as TTL.
 //!
-//! Outside the channel slots: `{prefix}:node:{id}` (a node's registry
-//! entry) and `{prefix}:nodechannels:{id}` (its channel list), both with the
-//! node lease as TTL.
+//! In cluster mode every `PUBLISH` of the scripts becomes `SPUBLISH` (see
+//! [`Scripts::new`]): the events of a channel then travel on sharded pub/sub
+//! within the channel's slot, and only to the nodes subscribed there.
 
 use redis::Script;
 
@@ -241,6 +247,37 @@ const PRESENCE: &str = r"
 return redis.call('HGETALL', KEYS[1])
 ";
 
+/// Announce a node.
+///
+/// KEYS: registry hash. ARGV: node id, `NodeInfo` JSON, TTL ms.
+const ANNOUNCE_NODE: &str = r"
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now + ttl) .. '\n' .. ARGV[2])
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
+end
+return 1
+";
+
+/// List the live nodes, removing lapsed ones.
+///
+/// KEYS: registry hash. Returns the `NodeInfo` JSON of every live node.
+const NODES: &str = r"
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #all, 2 do
+  local v = all[i + 1]
+  local sep = string.find(v, '\n', 1, true)
+  local expiry = sep and tonumber(string.sub(v, 1, sep - 1))
+  if expiry and expiry > now then
+    table.insert(out, string.sub(v, sep + 1))
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return out
+";
+
 /// The compiled scripts ([`Script`] keeps the SHA1 and falls back from
 /// `EVALSHA` to loading the script on `NOSCRIPT`, e.g. after a Redis restart).
 pub(crate) struct Scripts {
@@ -250,12 +287,25 @@ pub(crate) struct Scripts {
     pub(crate) remove_presence: Script,
     pub(crate) reap_presence: Script,
     pub(crate) presence: Script,
+    pub(crate) announce_node: Script,
+    pub(crate) nodes: Script,
 }
 
 impl Scripts {
-    pub(crate) fn new() -> Scripts {
-        let stream = |body: &str| Script::new(&format!("{NOW}{EPOCH}{body}"));
-        let presence = |body: &str| Script::new(&format!("{NOW}{PRUNE}{body}"));
+    /// The scripts; with `sharded` (cluster mode) their events use sharded
+    /// pub/sub. The substitution is done here, once, rather than by an
+    /// argument, so the scripts read the same in both modes.
+    pub(crate) fn new(sharded: bool) -> Scripts {
+        let script = |text: String| {
+            Script::new(&if sharded {
+                text.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+            } else {
+                text
+            })
+        };
+        let stream = |body: &str| script(format!("{NOW}{EPOCH}{body}"));
+        let presence = |body: &str| script(format!("{NOW}{PRUNE}{body}"));
+        let plain = |body: &str| script(format!("{NOW}{body}"));
         Scripts {
             publish: stream(PUBLISH),
             history: stream(HISTORY),
@@ -263,6 +313,8 @@ impl Scripts {
             remove_presence: presence(REMOVE_PRESENCE),
             reap_presence: presence(REAP_PRESENCE),
             presence: presence(PRESENCE),
+            announce_node: plain(ANNOUNCE_NODE),
+            nodes: plain(NODES),
         }
     }
 }

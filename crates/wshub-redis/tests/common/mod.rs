@@ -80,6 +80,10 @@ impl Recorder {
         self.0.lock().unwrap().clone()
     }
 
+    pub fn push(&self, event: BrokerEvent) {
+        self.0.lock().unwrap().push(event);
+    }
+
     pub fn take(&self) -> Vec<BrokerEvent> {
         std::mem::take(&mut *self.0.lock().unwrap())
     }

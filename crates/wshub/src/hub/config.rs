@@ -379,11 +379,25 @@ pub struct BrokerConfig {
     /// one Redis).
     pub engine: BrokerEngine,
     /// The Redis URL (`redis://[:password@]host:port[/db]`, `rediss://` for
-    /// TLS). Used by the `redis` engine. Default: `redis://127.0.0.1:6379`.
+    /// TLS). Used by the `redis` engine in `single` mode; in `sentinel` mode
+    /// only its credentials, database and TLS apply (to the master); unused
+    /// in `cluster` mode (the seeds in `nodes` carry them). Default:
+    /// `redis://127.0.0.1:6379`.
     pub url: String,
     /// Prefix of every Redis key and pub/sub channel, so several hubs can
     /// share one Redis. Default: `wshub`.
     pub prefix: String,
+    // The Redis deployment (the `redis` engine only).
+    /// `single` (one Redis at `url`, the default), `cluster` (a Redis
+    /// Cluster, seeds in `nodes`) or `sentinel` (the master named
+    /// `sentinel_master`, found through the sentinels in `nodes`).
+    pub mode: RedisMode,
+    /// `redis://` URLs of cluster seed nodes (`mode = "cluster"`) or of the
+    /// sentinels (`mode = "sentinel"`). Default: empty.
+    pub nodes: Vec<String>,
+    /// The name the sentinels monitor the master under (`mode =
+    /// "sentinel"`). Default: empty.
+    pub sentinel_master: String,
 }
 
 impl Default for BrokerConfig {
@@ -392,6 +406,9 @@ impl Default for BrokerConfig {
             engine: BrokerEngine::Memory,
             url: "redis://127.0.0.1:6379".to_owned(),
             prefix: "wshub".to_owned(),
+            mode: RedisMode::Single,
+            nodes: Vec::new(),
+            sentinel_master: String::new(),
         }
     }
 }
@@ -524,6 +541,21 @@ pub enum UpstreamMode {
     Only,
 }
 
+/// Which Redis deployment the `redis` engine uses (`broker.mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One Redis server at `broker.url`. The default.
+    #[default]
+    Single,
+    /// A Redis Cluster (Redis 7 or later) reached through the seeds in
+    /// `broker.nodes`; channel events use sharded pub/sub.
+    Cluster,
+    /// The master `broker.sentinel_master`, found through the sentinels in
+    /// `broker.nodes` and followed across failovers.
+    Sentinel,
+}
+
 /// Which broker engine runs the hub (`broker.engine`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -533,6 +565,14 @@ pub enum BrokerEngine {
     Memory,
     /// Redis: any number of nodes share channels, history and presence.
     Redis,
+}
+
+fn mode_name(mode: RedisMode) -> &'static str {
+    match mode {
+        RedisMode::Single => "single",
+        RedisMode::Cluster => "cluster",
+        RedisMode::Sentinel => "sentinel",
+    }
 }
 
 /// Log output format (`log.format`).
@@ -1199,6 +1239,7 @@ impl HubConfig {
                     format!("{url:?} is not a redis:// or rediss:// URL"),
                 ));
             }
+            self.check_redis_mode()?;
         }
         if self.broker.prefix.is_empty()
             || !self
@@ -1217,6 +1258,57 @@ impl HubConfig {
         for (name, ns) in &self.namespaces {
             check_namespace_name(name)?;
             self.check_namespace(&["namespaces", name], ns)?;
+        }
+        Ok(())
+    }
+
+    /// `broker.mode` and the keys it needs (`nodes`, `sentinel_master`).
+    fn check_redis_mode(&self) -> Result<(), Invalid> {
+        let b = &self.broker;
+        let what = match b.mode {
+            RedisMode::Single => {
+                if !b.nodes.is_empty() {
+                    return Err(invalid(
+                        &["broker", "nodes"],
+                        "is used only with mode = \"cluster\" or \"sentinel\" (mode is \"single\": set broker.url)",
+                    ));
+                }
+                None
+            }
+            RedisMode::Cluster => Some("cluster seed"),
+            RedisMode::Sentinel => Some("sentinel"),
+        };
+        if b.mode != RedisMode::Sentinel && !b.sentinel_master.is_empty() {
+            return Err(invalid(
+                &["broker", "sentinel_master"],
+                "is used only with mode = \"sentinel\"",
+            ));
+        }
+        let Some(what) = what else { return Ok(()) };
+        if b.nodes.is_empty() {
+            return Err(invalid(
+                &["broker", "nodes"],
+                format!(
+                    "mode = \"{}\" needs at least one {what} URL",
+                    mode_name(b.mode)
+                ),
+            ));
+        }
+        if let Some(bad) = b
+            .nodes
+            .iter()
+            .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+        {
+            return Err(invalid(
+                &["broker", "nodes"],
+                format!("{bad:?} is not a redis:// or rediss:// URL"),
+            ));
+        }
+        if b.mode == RedisMode::Sentinel && b.sentinel_master.is_empty() {
+            return Err(invalid(
+                &["broker", "sentinel_master"],
+                "mode = \"sentinel\" needs the name the sentinels monitor the master under",
+            ));
         }
         Ok(())
     }
@@ -3016,8 +3108,8 @@ mod tests {
             assert_eq!(keys.get(var).map(|p| key_string(p)), Some(key.to_owned()));
             assert_eq!(env_var_for_key(key).as_deref(), Some(var));
         }
-        // 11 + 3 + 15 + 11 + 1 + 2 + 3 + 3 + 9 + 6 keys; namespaces have none.
-        assert_eq!(keys.len(), 64);
+        // 11 + 3 + 15 + 11 + 1 + 2 + 3 + 6 + 9 + 6 keys; namespaces have none.
+        assert_eq!(keys.len(), 67);
         // Namespaces have no variables (`WSHUB_DEMO_NAMESPACE` is a demo key).
         assert!(keys
             .keys()
@@ -3388,6 +3480,79 @@ mod tests {
     // -- lookups and conversions --------------------------------------------
 
     #[test]
+    fn redis_modes_need_their_keys() {
+        let redis = |mode: RedisMode, nodes: &[&str], master: &str| {
+            let mut c = HubConfig::default();
+            c.broker.engine = BrokerEngine::Redis;
+            c.broker.mode = mode;
+            c.broker.nodes = nodes.iter().map(|n| (*n).to_owned()).collect();
+            c.broker.sentinel_master = master.to_owned();
+            c
+        };
+        let seeds = ["redis://10.0.0.1:7000", "rediss://10.0.0.2:7000"];
+        assert!(redis(RedisMode::Single, &[], "").validate().is_ok());
+        assert!(redis(RedisMode::Cluster, &seeds, "").validate().is_ok());
+        assert!(redis(RedisMode::Sentinel, &seeds, "mymaster")
+            .validate()
+            .is_ok());
+        // The memory engine ignores the Redis keys.
+        let mut memory = redis(RedisMode::Sentinel, &[], "");
+        memory.broker.engine = BrokerEngine::Memory;
+        assert!(memory.validate().is_ok());
+        for (config, key, reason) in [
+            (
+                redis(RedisMode::Single, &seeds, ""),
+                "broker.nodes",
+                "used only with mode = \"cluster\" or \"sentinel\"",
+            ),
+            (
+                redis(RedisMode::Single, &[], "m"),
+                "broker.sentinel_master",
+                "used only with mode = \"sentinel\"",
+            ),
+            (
+                redis(RedisMode::Cluster, &seeds, "m"),
+                "broker.sentinel_master",
+                "used only with mode = \"sentinel\"",
+            ),
+            (
+                redis(RedisMode::Cluster, &[], ""),
+                "broker.nodes",
+                "mode = \"cluster\" needs at least one cluster seed URL",
+            ),
+            (
+                redis(RedisMode::Sentinel, &[], "m"),
+                "broker.nodes",
+                "mode = \"sentinel\" needs at least one sentinel URL",
+            ),
+            (
+                redis(RedisMode::Cluster, &["10.0.0.1:7000"], ""),
+                "broker.nodes",
+                "\"10.0.0.1:7000\" is not a redis:// or rediss:// URL",
+            ),
+            (
+                redis(RedisMode::Sentinel, &seeds, ""),
+                "broker.sentinel_master",
+                "needs the name the sentinels monitor the master under",
+            ),
+        ] {
+            let e = config.validate().expect_err(key);
+            assert_eq!(e.key, key, "{e}");
+            assert!(e.reason.contains(reason), "{key}: wanted {reason:?} in {e}");
+        }
+        // From TOML, the environment and --set.
+        let c = HubConfig::from_toml_str(
+            "[broker]\nengine = \"redis\"\nmode = \"cluster\"\nnodes = [\"redis://a:1\"]\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.broker.mode, RedisMode::Cluster);
+        assert_eq!(c.broker.nodes, vec!["redis://a:1".to_owned()]);
+        let e = HubConfig::from_toml_str("[broker]\nmode = \"ring\"\n", None).unwrap_err();
+        assert!(e.to_string().contains("broker.mode"), "{e}");
+    }
+
+    #[test]
     fn namespace_lookup() {
         let c = parse("[namespaces.chat]\njoin_leave = true\n[namespaces.\"a.b\"]\n").unwrap();
         assert_eq!(c.namespace("lobby"), Some(&c.default_namespace));
@@ -3756,7 +3921,7 @@ mod tests {
             });
             assert!(shown, "wshub.example.toml does not show {full}");
         }
-        assert_eq!(env_keys.len(), 64);
+        assert_eq!(env_keys.len(), 67);
 
         // And the docs list no key that does not exist.
         let schema_keys: Vec<(String, String)> = all

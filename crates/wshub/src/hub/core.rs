@@ -389,21 +389,24 @@ impl Hub {
     /// crashed or were killed. Returns the nodes alive now. Every live node
     /// does this; the broker removes each entry once.
     async fn reap_lapsed_nodes(&self, before: HashSet<String>) -> HashSet<String> {
-        let now: HashSet<String> = match self.inner.broker.nodes().await {
+        let mut now: HashSet<String> = match self.inner.broker.nodes().await {
             Ok(nodes) => nodes.into_iter().map(|n| n.node).collect(),
             // Unknown: keep the old view and try again next tick.
             Err(_) => return before,
         };
-        for node in before.difference(&now) {
-            if *node == self.inner.node {
+        let lapsed: Vec<String> = before.difference(&now).cloned().collect();
+        for node in lapsed {
+            if node == self.inner.node {
                 continue;
             }
-            match self.inner.broker.reap_node(node).await {
+            match self.inner.broker.reap_node(&node).await {
                 Ok(n) => {
                     tracing::info!(%node, members = n, "node lapsed; its presence entries removed")
                 }
                 Err(e) => {
-                    tracing::warn!(%node, error = %e, "cannot remove a lapsed node's presence entries")
+                    tracing::warn!(%node, error = %e, "cannot remove a lapsed node's presence entries; retrying");
+                    // Still counted as seen, so the next tick tries again.
+                    now.insert(node);
                 }
             }
         }
