@@ -1,5 +1,8 @@
 //! `wshub-redis`: the Redis [`Broker`](wshub::hub::broker::Broker) for a
-//! cluster of wshub nodes.
+//! cluster of wshub nodes, and the Redis Streams message-queue bridges
+//! ([`RedisIngest`] consumes publications from a stream with a consumer
+//! group; [`RedisUpstream`] appends client publications to a stream for
+//! backends — see `docs/queues.md`).
 //!
 //! Every node connects its own [`RedisBroker`] to one Redis; the hub holds it
 //! as an `Arc<dyn Broker>` exactly like the in-memory engine, and nothing
@@ -71,6 +74,10 @@
 //! - `codec`: how publications and join/leave events are encoded.
 //! - `pubsub`: the pub/sub connection, delivery and reconnection.
 //! - `scripts`: the Lua scripts and the key layout.
+//! - [`ingest`]: [`RedisIngest`], the consumer-group reader that publishes
+//!   stream entries to channels (`[ingest] engine = "redis"`).
+//! - [`upstream`]: [`RedisUpstream`], the stream client publications on
+//!   upstream namespaces are appended to (`[upstream] engine = "redis"`).
 //!
 //! # Example
 //!
@@ -97,8 +104,12 @@
 pub mod broker;
 mod codec;
 pub mod config;
+pub mod ingest;
 mod pubsub;
 mod scripts;
+pub mod upstream;
 
 pub use broker::RedisBroker;
 pub use config::{RedisBrokerConfig, DEFAULT_HISTORY_META_TTL};
+pub use ingest::{IngestStats, QueueError, RedisIngest, RedisIngestConfig};
+pub use upstream::{RedisUpstream, RedisUpstreamConfig};
