@@ -22,7 +22,10 @@
 //!      deliveries: the entry stays in this node's pending list, and the node
 //!      refreshes its claim (`XCLAIM … JUSTID`, which does not count as a
 //!      delivery) so other nodes do not take over an entry whose owner is
-//!      alive and retrying.
+//!      alive and retrying. Such an entry holds back this node's later ones
+//!      (they keep their order); since a temporary failure means the broker
+//!      is unavailable, they would fail alike. An outage therefore never
+//!      sends entries to the dead-letter stream.
 //! 3. **Reclaim** every `claim_idle / 2` (at most 15 s): `XAUTOCLAIM … JUSTID`
 //!    takes over entries idle for `claim_idle` in any consumer's pending list
 //!    (a node that died or lost its connection), `XPENDING` tells how often
@@ -33,6 +36,9 @@
 //!    group idle for [`RedisIngestConfig::consumer_expiry`] with nothing
 //!    pending (nodes that stopped) are removed with `XGROUP DELCONSUMER` (in
 //!    a script, so the check and the removal are one step).
+//!
+//! Every outcome is counted in the hub's `wshub_ingest_entries_total{outcome}`
+//! and in [`RedisIngest::stats`].
 //!
 //! Redis errors (the queue's Redis) are logged and retried with backoff; a
 //! group that disappeared (the stream was deleted) is created again. The
@@ -72,6 +78,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wshub::hub::broker::TagFilter;
 use wshub::hub::config::IngestConfig;
+use wshub::hub::metrics::IngestOutcome;
 use wshub::hub::queue::{IngestError, IngestMessage};
 use wshub::hub::Hub;
 
@@ -430,12 +437,13 @@ impl Worker {
                             ..
                         }) = entry
                         {
-                            let counter = if dead {
-                                &self.counters().dead_lettered
+                            let (counter, outcome) = if dead {
+                                (&self.counters().dead_lettered, IngestOutcome::DeadLettered)
                             } else {
-                                &self.counters().published
+                                (&self.counters().published, IngestOutcome::Published)
                             };
                             Counters::bump(counter, 1);
+                            self.hub.metrics().ingest_entries(outcome, 1);
                         }
                         if let Some(since) = retrying_since.take() {
                             tracing::info!(after = ?since.elapsed(), "ingest: publishing works again");
@@ -445,6 +453,7 @@ impl Worker {
                     }
                     Ok(Step::Retry(reason)) => {
                         Counters::bump(&self.counters().retried, 1);
+                        self.hub.metrics().ingest_entries(IngestOutcome::Retried, 1);
                         if retrying_since.is_none() {
                             retrying_since = Some(Instant::now());
                             tracing::warn!(id = %self.held.front().map_or("", |e| e.id.as_str()), %reason,
@@ -611,6 +620,9 @@ impl Worker {
                 };
                 tracing::info!(%id, deliveries = before, "ingest: took over an idle entry");
                 Counters::bump(&self.counters.0.reclaimed, 1);
+                self.hub
+                    .metrics()
+                    .ingest_entries(IngestOutcome::Reclaimed, 1);
                 self.held.push_back(Entry {
                     id,
                     fields,

@@ -570,6 +570,15 @@ async fn malformed_entries_are_dead_lettered_at_once_with_the_reason() {
         (s.dead_lettered, s.published) == (7, 1)
     })
     .await;
+    let metrics = node.hub.metrics().render();
+    for line in [
+        "wshub_ingest_entries_total{outcome=\"published\"} 1\n",
+        "wshub_ingest_entries_total{outcome=\"dead_lettered\"} 7\n",
+        "wshub_ingest_entries_total{outcome=\"retried\"} 0\n",
+        "wshub_publications_total{source=\"ingest\"} 1\n",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 }
 
 #[tokio::test]
@@ -683,6 +692,37 @@ async fn two_hubs_share_the_group_and_publish_each_entry_once() {
     assert_eq!(sa.published + sb.published, ENTRIES as u64, "{sa:?} {sb:?}");
     assert!(sa.published > 0 && sb.published > 0, "{sa:?} {sb:?}");
     assert!(bob.pushes.is_empty());
+}
+
+#[tokio::test]
+async fn the_consumer_survives_a_restart_of_the_queue_redis() {
+    let mut queue = RedisServer::start();
+    let node = memory_node().await;
+    let mut bob = Client::connect(&node, "bob").await;
+    bob.ok("subscribe", json!({"channel": "news:a"})).await;
+    let ingest = RedisIngest::start(
+        node.hub.clone(),
+        ingest_config(&queue, Duration::from_millis(200)),
+    )
+    .await
+    .unwrap();
+    let mut q = redis(&queue).await;
+    xadd(&mut q, &[("channel", "news:a"), ("data", "1")]).await;
+    assert_eq!(bob.push().await["data"], 1);
+
+    // Redis comes back empty: the stream and the group are gone. The
+    // consumer reconnects, creates the group again and goes on.
+    queue.restart_empty();
+    let mut q = redis(&queue).await;
+    xadd(&mut q, &[("channel", "news:a"), ("data", "2")]).await;
+    assert_eq!(bob.push().await["data"], 2);
+    stats_until(&ingest, "2 published", |s| s.published == 2).await;
+    assert!(ingest.stats().redis_errors >= 1, "{:?}", ingest.stats());
+    eventually("acknowledged in the new group", || {
+        let mut q = q.clone();
+        async move { pending(&mut q).await.is_empty() }
+    })
+    .await;
 }
 
 #[tokio::test]
