@@ -3,7 +3,8 @@
 //! without a `url`, so on `broker.url`) next to a `redis-server` the test
 //! starts. An entry added with `redis-cli XADD` reaches a connected client,
 //! a client publication on an `upstream = "only"` namespace lands in the
-//! upstream stream, and a malformed entry lands in the dead-letter stream.
+//! upstream stream, a malformed entry lands in the dead-letter stream, and
+//! SIGTERM stops the consumer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
@@ -130,7 +131,7 @@ upstream = "only"
         .stderr(log)
         .spawn()
         .unwrap();
-    let _hub = Proc(hub);
+    let mut hub = Proc(hub);
     wait_port(port);
 
     let mut ws = ClientBuilder::new()
@@ -217,6 +218,26 @@ upstream = "only"
     }
     for field in ["id", "client", "time"] {
         assert!(lines.contains(&field), "{field} missing: {up}");
+    }
+
+    // SIGTERM: the hub drains, the consumer stops, the process exits.
+    drop(ws);
+    let pid = hub.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    eventually("wshub serve exited after SIGTERM", || {
+        hub.0.try_wait().unwrap().is_some()
+    });
+    let log = std::fs::read_to_string(dir.join("wshub.log")).unwrap();
+    for line in [
+        "ingest: consuming the redis stream",
+        "ingest: entry moved to the dead-letter stream",
+        "ingest: consumer stopped",
+    ] {
+        assert!(log.contains(line), "{line:?} not logged:\n{log}");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
