@@ -19,13 +19,12 @@
 //!    * [`IngestError::Retry`] (the hub's broker is unavailable): keep the
 //!      entry and everything after it, wait (100 ms doubling to 5 s, with
 //!      jitter) and publish it again. Retries by the same node are not
-//!      deliveries: the entry stays in this node's pending list, and the node
-//!      refreshes its claim (`XCLAIM … JUSTID`, which does not count as a
-//!      delivery) so other nodes do not take over an entry whose owner is
-//!      alive and retrying. Such an entry holds back this node's later ones
-//!      (they keep their order); since a temporary failure means the broker
-//!      is unavailable, they would fail alike. An outage therefore never
-//!      sends entries to the dead-letter stream.
+//!      deliveries: the entry stays in this node's pending list, and other
+//!      nodes do not take it over while its owner is alive (see below).
+//!      Such an entry holds back this node's later ones (they keep their
+//!      order); since a temporary failure means the broker is unavailable,
+//!      they would fail alike. An outage therefore never sends entries to
+//!      the dead-letter stream.
 //! 3. **Reclaim** every `claim_idle / 2` (at most 15 s): `XAUTOCLAIM … JUSTID`
 //!    takes over entries idle for `claim_idle` in any consumer's pending list
 //!    (a node that died or lost its connection), `XPENDING` tells how often
@@ -36,6 +35,12 @@
 //!    group idle for [`RedisIngestConfig::consumer_expiry`] with nothing
 //!    pending (nodes that stopped) are removed with `XGROUP DELCONSUMER` (in
 //!    a script, so the check and the removal are one step).
+//!
+//! While it holds entries — publishing, waiting to retry, or working
+//! through a batch — the node refreshes its claim on them every
+//! `claim_idle / 3` with `XCLAIM … JUSTID` (which resets their idle time
+//! without counting a delivery), so only entries of a node that stopped
+//! working reach `claim_idle` and are taken over.
 //!
 //! Every outcome is counted in the hub's `wshub_ingest_entries_total{outcome}`
 //! and in [`RedisIngest::stats`].
@@ -331,6 +336,7 @@ impl RedisIngest {
             stopped,
             error_delay: None,
             reclaim_cursor: "0-0".to_owned(),
+            last_refresh: Instant::now(),
             next_reclaim: Instant::now(),
             next_cleanup: Instant::now(),
         };
@@ -413,6 +419,9 @@ struct Worker {
     /// temporary publish failures); `None` after a success.
     error_delay: Option<Duration>,
     reclaim_every: Duration,
+    /// When the claims on the held entries were last refreshed (or the
+    /// entries received).
+    last_refresh: Instant,
     reclaim_cursor: String,
     next_reclaim: Instant,
     next_cleanup: Instant,
@@ -425,11 +434,15 @@ impl Worker {
 
     async fn run(mut self) {
         let mut retrying_since: Option<Instant> = None;
-        let mut last_refresh = Instant::now();
         while !*self.stopped.borrow() {
-            let result = if let Some(head) = self.held.front_mut() {
-                let step = handle(&self.hub, &self.config, &mut self.conn, head).await;
-                match step {
+            let result = if self.held.is_empty() {
+                if Instant::now() >= self.next_reclaim {
+                    self.reclaim().await
+                } else {
+                    self.read_new().await
+                }
+            } else {
+                match self.process_head().await {
                     Ok(Step::Done) => {
                         let entry = self.held.pop_front();
                         if let Some(Entry {
@@ -461,23 +474,11 @@ impl Worker {
                         } else {
                             tracing::debug!(%reason, "ingest: publishing still fails");
                         }
-                        // Tell the other nodes this consumer is alive and
-                        // still working on its entries.
-                        if last_refresh.elapsed() >= self.config.claim_idle / 3 {
-                            last_refresh = Instant::now();
-                            if let Err(e) = self.refresh_claims().await {
-                                tracing::debug!(error = %e, "ingest: refreshing claims failed");
-                            }
-                        }
                         self.backoff().await;
                         Ok(())
                     }
                     Err(e) => Err(e),
                 }
-            } else if Instant::now() >= self.next_reclaim {
-                self.reclaim().await
-            } else {
-                self.read_new().await
             };
             if let Err(e) = result {
                 self.redis_failed(e).await;
@@ -493,6 +494,88 @@ impl Worker {
         }
     }
 
+    /// How often the claims on held entries are refreshed: three times per
+    /// `claim_idle`, so another node never sees them idle that long.
+    fn refresh_every(&self) -> Duration {
+        (self.config.claim_idle / 3).max(Duration::from_millis(1))
+    }
+
+    /// Runs `fut` while refreshing the claims on the held entries on time
+    /// (a publish or a backoff may outlast `claim_idle`).
+    async fn refreshing<F: std::future::Future>(&mut self, fut: F) -> F::Output {
+        let every = self.refresh_every();
+        let ids: Vec<String> = self.held.iter().map(|e| e.id.clone()).collect();
+        tokio::pin!(fut);
+        loop {
+            let due = self.last_refresh + every;
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tokio::time::sleep_until(due) => {
+                    self.last_refresh = Instant::now();
+                    if let Err(e) = refresh_claims(&mut self.conn, &self.config, &self.consumer, &ids).await {
+                        tracing::debug!(error = %e, "ingest: refreshing claims failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves the head entry on: publish (or dead-letter), then `XACK`. A
+    /// Redis error leaves it at the stage it reached, so nothing is
+    /// published or dead-lettered twice by this node.
+    async fn process_head(&mut self) -> Result<Step, RedisError> {
+        let Some(head) = self.held.front() else {
+            return Ok(Step::Done);
+        };
+        if head.stage == Stage::Publish {
+            let stage = match parse_entry(&self.config.stream, &head.id, &head.fields) {
+                Err(reason) => Stage::DeadLetter(reason),
+                Ok(msg) => {
+                    let hub = self.hub.clone();
+                    match self.refreshing(hub.ingest(msg)).await {
+                        Ok(_) => Stage::Ack { dead: false },
+                        Err(IngestError::Retry(reason)) => return Ok(Step::Retry(reason)),
+                        Err(IngestError::Reject(reason)) => Stage::DeadLetter(reason),
+                        Err(other) => Stage::DeadLetter(other.to_string()),
+                    }
+                }
+            };
+            if let Some(head) = self.held.front_mut() {
+                head.stage = stage;
+            }
+        }
+        let config = &self.config;
+        let Some(entry) = self.held.front_mut() else {
+            return Ok(Step::Done);
+        };
+        if let Stage::DeadLetter(reason) = &entry.stage {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&config.dead_letter).arg("*");
+            for (name, value) in &entry.fields {
+                cmd.arg(name.as_slice()).arg(value.as_slice());
+            }
+            cmd.arg("error")
+                .arg(reason)
+                .arg("stream")
+                .arg(&config.stream)
+                .arg("id")
+                .arg(&entry.id)
+                .arg("deliveries")
+                .arg(entry.deliveries);
+            let _: Value = cmd.query_async(&mut self.conn).await?;
+            tracing::warn!(id = %entry.id, stream = %config.stream, dead_letter = %config.dead_letter,
+                %reason, "ingest: entry moved to the dead-letter stream");
+            entry.stage = Stage::Ack { dead: true };
+        }
+        let _: Value = redis::cmd("XACK")
+            .arg(&config.stream)
+            .arg(&config.group)
+            .arg(&entry.id)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(Step::Done)
+    }
+
     /// Waits the current backoff (or until stopped) and doubles it.
     async fn backoff(&mut self) {
         let delay = match self.error_delay {
@@ -502,10 +585,13 @@ impl Worker {
         self.error_delay = Some(delay);
         let jittered = delay.mul_f64(0.75 + fastrand::f64() * 0.5);
         let mut stopped = self.stopped.clone();
-        tokio::select! {
-            _ = tokio::time::sleep(jittered) => {}
-            _ = stopped.wait_for(|s| *s) => {}
-        }
+        let wait = async move {
+            tokio::select! {
+                _ = tokio::time::sleep(jittered) => {}
+                _ = stopped.wait_for(|s| *s) => {}
+            }
+        };
+        self.refreshing(wait).await;
     }
 
     async fn redis_failed(&mut self, e: RedisError) {
@@ -548,6 +634,7 @@ impl Worker {
             _ = stopped.wait_for(|s| *s) => return Ok(()),
         };
         self.error_delay = None;
+        self.last_refresh = Instant::now();
         for (id, fields) in parse_read_reply(&reply) {
             match fields {
                 Some(fields) => self.held.push_back(Entry {
@@ -583,6 +670,7 @@ impl Worker {
                 "ingest: a pending entry was deleted from the stream before it was acknowledged; dropped");
         }
         if let (Some(first), Some(last)) = (ids.first(), ids.last()) {
+            self.last_refresh = Instant::now();
             let pending: StreamPendingCountReply = redis::cmd("XPENDING")
                 .arg(&c.stream)
                 .arg(&c.group)
@@ -666,76 +754,30 @@ impl Worker {
         }
         Ok(())
     }
-
-    /// Resets the idle time of the held entries without counting a
-    /// delivery, so other nodes do not take them over while this one
-    /// retries.
-    async fn refresh_claims(&mut self) -> Result<(), RedisError> {
-        let ids: Vec<&str> = self.held.iter().map(|e| e.id.as_str()).collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let _: Value = redis::cmd("XCLAIM")
-            .arg(&self.config.stream)
-            .arg(&self.config.group)
-            .arg(&self.consumer)
-            .arg(0)
-            .arg(&ids)
-            .arg("JUSTID")
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(())
-    }
 }
 
-/// Moves `entry` on by one stage: publish (or dead-letter), then `XACK`.
-/// A Redis error leaves the entry at the stage it reached, so nothing is
-/// published or dead-lettered twice by this node.
-async fn handle(
-    hub: &Hub,
-    config: &RedisIngestConfig,
+/// Resets the idle time of `ids` (held by `consumer`) without counting a
+/// delivery (`XCLAIM … JUSTID`), so other nodes do not take them over while
+/// this one works on them.
+async fn refresh_claims(
     conn: &mut ConnectionManager,
-    entry: &mut Entry,
-) -> Result<Step, RedisError> {
-    if entry.stage == Stage::Publish {
-        entry.stage = match parse_entry(&config.stream, &entry.id, &entry.fields) {
-            Err(reason) => Stage::DeadLetter(reason),
-            Ok(msg) => match hub.ingest(msg).await {
-                Ok(_) => Stage::Ack { dead: false },
-                Err(IngestError::Retry(reason)) => return Ok(Step::Retry(reason)),
-                Err(e) => Stage::DeadLetter(match e {
-                    IngestError::Reject(reason) => reason,
-                    other => other.to_string(),
-                }),
-            },
-        };
+    config: &RedisIngestConfig,
+    consumer: &str,
+    ids: &[String],
+) -> Result<(), RedisError> {
+    if ids.is_empty() {
+        return Ok(());
     }
-    if let Stage::DeadLetter(reason) = &entry.stage {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(&config.dead_letter).arg("*");
-        for (name, value) in &entry.fields {
-            cmd.arg(name.as_slice()).arg(value.as_slice());
-        }
-        cmd.arg("error")
-            .arg(reason)
-            .arg("stream")
-            .arg(&config.stream)
-            .arg("id")
-            .arg(&entry.id)
-            .arg("deliveries")
-            .arg(entry.deliveries);
-        let _: Value = cmd.query_async(conn).await?;
-        tracing::warn!(id = %entry.id, stream = %config.stream, dead_letter = %config.dead_letter,
-            %reason, "ingest: entry moved to the dead-letter stream");
-        entry.stage = Stage::Ack { dead: true };
-    }
-    let _: Value = redis::cmd("XACK")
+    let _: Value = redis::cmd("XCLAIM")
         .arg(&config.stream)
         .arg(&config.group)
-        .arg(&entry.id)
+        .arg(consumer)
+        .arg(0)
+        .arg(ids)
+        .arg("JUSTID")
         .query_async(conn)
         .await?;
-    Ok(Step::Done)
+    Ok(())
 }
 
 /// `XGROUP CREATE {stream} {group} 0 MKSTREAM`, where "already exists" is

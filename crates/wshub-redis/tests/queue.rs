@@ -400,20 +400,30 @@ async fn an_entry_is_acknowledged_only_after_its_publish_succeeded() {
         &[("channel", "news:a"), ("data", r#""while down""#)],
     )
     .await;
-    eventually("several failed publish attempts", || {
-        let n = ingest.stats().retried;
-        async move { n >= 3 }
-    })
-    .await;
-    // The entry is still pending with this node (claims refreshed, so no
-    // other consumer takes it over, and retries are not deliveries), and
-    // nothing went to the dead-letter stream.
+    stats_until(&ingest, "a failed publish attempt", |s| s.retried >= 1).await;
+    // A healthy node joins the group: it must not take the entry over while
+    // its owner is alive and retrying (the owner refreshes its claim).
+    let other = memory_node().await;
+    let other_ingest = RedisIngest::start(
+        other.hub.clone(),
+        ingest_config(&queue, Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    // Idle time is what a takeover waits for, so let four `claim_idle`
+    // periods pass (the other node checks every half period meanwhile).
+    tokio::time::sleep(4 * Duration::from_millis(300)).await;
+    stats_until(&ingest, "more failed publish attempts", |s| s.retried >= 3).await;
+    // The entry is still pending with this node, retries are not
+    // deliveries, and nothing went to the dead-letter stream.
     assert_eq!(
         pending(&mut q).await,
         [(id.clone(), ingest.consumer().to_owned(), 1)]
     );
     assert!(entries(&mut q, DEAD).await.is_empty());
     assert_eq!(ingest.stats().published, 0);
+    assert_eq!(other_ingest.stats(), IngestStats::default());
+    other_ingest.stop().await;
 
     // The broker is back (empty): the entry is published, then acknowledged.
     broker.restart_empty();
