@@ -3,17 +3,21 @@
 //! one server, a Redis Cluster or a Sentinel-managed master: `broker.mode`) —
 //! WebSocket clients speaking `wshub.v1`, the HTTP API,
 //! health and metrics, all on one port; optional TLS with certificate reload
-//! on file change or SIGHUP; graceful drain on SIGTERM or Ctrl-C.
+//! on file change or SIGHUP; graceful drain on SIGTERM or Ctrl-C; and the
+//! message-queue bridges of `[ingest]` and `[upstream]` (Redis Streams).
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use wshub::hub::broker::Broker;
-use wshub::hub::config::{BrokerEngine, HubConfig, LogFormat, RedisMode};
+use wshub::hub::config::{BrokerEngine, HubConfig, LogFormat, QueueEngine, RedisMode};
 use wshub::hub::memory::{MemoryBroker, MemoryBrokerConfig};
 use wshub::hub::Hub;
-use wshub_redis::{RedisBroker, RedisBrokerConfig};
+use wshub_redis::{
+    RedisBroker, RedisBrokerConfig, RedisIngest, RedisIngestConfig, RedisUpstream,
+    RedisUpstreamConfig,
+};
 
 use crate::settings::ConfigArgs;
 
@@ -98,6 +102,7 @@ async fn serve(loaded: crate::settings::Loaded) -> anyhow::Result<()> {
         _ => Arc::new(MemoryBroker::new(MemoryBrokerConfig::default())),
     };
     let hub = Hub::new(config.clone(), broker, &loaded.base_dir).context("cannot start the hub")?;
+    let redis_ingest = start_redis_queues(&hub, &config).await?;
     let tls = match &config.tls {
         Some(tls) => {
             let cert = wshub::cert_reload::ReloadingCert::load(
@@ -129,10 +134,46 @@ async fn serve(loaded: crate::settings::Loaded) -> anyhow::Result<()> {
         "wshub listening on {scheme}://{addr}{} (HTTP API and /metrics on {http}://{addr})",
         config.server.ws_path
     );
-    hub.serve(listener, tls, shutdown_signal())
+    let served = hub
+        .serve(listener, tls, shutdown_signal())
         .await
-        .context("server failed")?;
-    Ok(())
+        .context("server failed");
+    // The consumer keeps publishing while clients drain (other nodes'
+    // clients still receive), and stops once the hub is done; what it
+    // held unacknowledged goes to another node after `claim_idle`.
+    if let Some(ingest) = redis_ingest {
+        ingest.stop().await;
+    }
+    served
+}
+
+/// The Redis Streams bridges: installs the upstream stream when
+/// `upstream.engine = "redis"` and starts the ingest consumer when
+/// `ingest.engine = "redis"` (an empty `url` means `broker.url`). Fails when
+/// Redis cannot be reached at start, like the Redis broker does.
+async fn start_redis_queues(hub: &Hub, config: &HubConfig) -> anyhow::Result<Option<RedisIngest>> {
+    let url = |own: &str| {
+        if own.is_empty() {
+            config.broker.url.clone()
+        } else {
+            own.to_owned()
+        }
+    };
+    if config.upstream.engine == QueueEngine::Redis {
+        let url = url(&config.upstream.url);
+        let upstream = RedisUpstream::connect(RedisUpstreamConfig::new(&url, &config.upstream))
+            .await
+            .with_context(|| format!("cannot start the upstream stream on Redis at {url}"))?;
+        hub.set_upstream(Arc::new(upstream));
+    }
+    if config.ingest.engine != QueueEngine::Redis {
+        return Ok(None);
+    }
+    let url = url(&config.ingest.url);
+    let ingest = RedisIngest::start(hub.clone(), RedisIngestConfig::new(&url, &config.ingest))
+        .await
+        .with_context(|| format!("cannot start the ingest consumer on Redis at {url}"))?;
+    Ok(Some(ingest))
 }
 
 /// Reloads the certificate on SIGHUP.

@@ -1,5 +1,8 @@
 //! `wshub-redis`: the Redis [`Broker`](wshub::hub::broker::Broker) for a
-//! cluster of wshub nodes.
+//! cluster of wshub nodes, and the Redis Streams message-queue bridges
+//! ([`RedisIngest`] consumes publications from a stream with a consumer
+//! group; [`RedisUpstream`] appends client publications to a stream for
+//! backends — see `docs/queues.md`).
 //!
 //! Every node connects its own [`RedisBroker`] to the same Redis — one
 //! server, a Redis Cluster, or a master found through Sentinel (see
@@ -114,6 +117,10 @@
 //! - `scripts`: the Lua scripts and the key layout.
 //! - `topology`: connecting to a single server, a cluster or a sentinel
 //!   master.
+//! - [`ingest`]: [`RedisIngest`], the consumer-group reader that publishes
+//!   stream entries to channels (`[ingest] engine = "redis"`).
+//! - [`upstream`]: [`RedisUpstream`], the stream client publications on
+//!   upstream namespaces are appended to (`[upstream] engine = "redis"`).
 //!
 //! # Example
 //!
@@ -140,11 +147,15 @@
 pub mod broker;
 mod codec;
 pub mod config;
+pub mod ingest;
 mod pubsub;
 mod scripts;
 mod topology;
+pub mod upstream;
 
 pub use broker::RedisBroker;
 pub use config::{
     RedisBrokerConfig, RedisTopology, DEFAULT_HISTORY_META_TTL, DEFAULT_SUBSCRIBE_BATCH,
 };
+pub use ingest::{IngestStats, QueueError, RedisIngest, RedisIngestConfig};
+pub use upstream::{RedisUpstream, RedisUpstreamConfig};

@@ -228,6 +228,46 @@ impl PublishSource {
     }
 }
 
+/// What a message-queue ingest bridge did with an entry: the `outcome` label
+/// of `wshub_ingest_entries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IngestOutcome {
+    /// Published (or found to be a duplicate) and acknowledged.
+    Published,
+    /// Publishing failed for now; the entry stays unacknowledged and is
+    /// tried again (counted per attempt).
+    Retried,
+    /// Moved to the dead-letter stream with the reason, and acknowledged.
+    DeadLettered,
+    /// Taken over from a consumer that left it unacknowledged too long.
+    Reclaimed,
+}
+
+impl IngestOutcome {
+    /// Every outcome, in label order.
+    pub const ALL: [IngestOutcome; 4] = [
+        Self::Published,
+        Self::Retried,
+        Self::DeadLettered,
+        Self::Reclaimed,
+    ];
+
+    /// The label value, e.g. `"dead_lettered"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Published => "published",
+            Self::Retried => "retried",
+            Self::DeadLettered => "dead_lettered",
+            Self::Reclaimed => "reclaimed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// The `method` label values of `wshub_commands_total`; a name not in this
 /// list is counted as the last one, `"other"`.
 pub const COMMAND_METHODS: [&str; 9] = [
@@ -303,6 +343,7 @@ pub struct Metrics {
     queue_drops: AtomicU64,
     slow_consumers: AtomicU64,
     publications: [AtomicU64; PublishSource::ALL.len()],
+    ingest_entries: [AtomicU64; IngestOutcome::ALL.len()],
     publish_duration: Histogram,
     subscriptions: AtomicI64,
     channels: AtomicU64,
@@ -415,6 +456,12 @@ impl Metrics {
     pub fn publish_observed(&self, source: PublishSource, elapsed: Duration) {
         self.publications[source.index()].fetch_add(1, Ordering::Relaxed);
         self.publish_duration.observe(elapsed);
+    }
+
+    /// An ingest bridge handled `n` entries with `outcome`
+    /// (`wshub_ingest_entries_total`).
+    pub fn ingest_entries(&self, outcome: IngestOutcome, n: u64) {
+        self.ingest_entries[outcome.index()].fetch_add(n, Ordering::Relaxed);
     }
 
     /// A client subscribed to a channel: `wshub_subscriptions` +1.
@@ -577,6 +624,18 @@ impl Metrics {
             );
         }
         self.render_publish_duration(&mut out);
+        out.header(
+            "wshub_ingest_entries_total",
+            "counter",
+            "Message-queue entries handled by the ingest bridge, by outcome.",
+        );
+        for outcome in IngestOutcome::ALL {
+            out.sample(
+                "wshub_ingest_entries_total",
+                &[("outcome", outcome.as_str())],
+                load(&self.ingest_entries[outcome.index()]),
+            );
+        }
 
         out.header(
             "wshub_subscriptions",
@@ -862,6 +921,7 @@ mod tests {
             "wshub_slow_consumers_total",
             "wshub_publications_total",
             "wshub_publish_duration_seconds",
+            "wshub_ingest_entries_total",
             "wshub_subscriptions",
             "wshub_channels",
             "wshub_commands_total",
@@ -881,6 +941,10 @@ mod tests {
             RejectReason::ALL.len()
         );
         assert_eq!(families["wshub_commands_total"].len(), 9);
+        assert_eq!(
+            families["wshub_ingest_entries_total"].len(),
+            IngestOutcome::ALL.len()
+        );
         // 14 bounds + Inf, _sum, _count.
         assert_eq!(families["wshub_publish_duration_seconds"].len(), 17);
         for samples in families.values() {
@@ -895,6 +959,11 @@ mod tests {
         let labels: Vec<_> = DisconnectReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(labels.iter().collect::<HashSet<_>>().len(), labels.len());
         for (i, r) in DisconnectReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let labels: Vec<_> = IngestOutcome::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.iter().collect::<HashSet<_>>().len(), labels.len());
+        for (i, r) in IngestOutcome::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
         }
         let labels: Vec<_> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
