@@ -2,14 +2,15 @@
 //! in-memory broker, or on Redis for a cluster (`[broker] engine = "redis"`) —
 //! WebSocket clients speaking `wshub.v1`, the HTTP API,
 //! health and metrics, all on one port; optional TLS with certificate reload
-//! on file change or SIGHUP; graceful drain on SIGTERM or Ctrl-C.
+//! on file change or SIGHUP; graceful drain on SIGTERM or Ctrl-C. With
+//! `[ingest]`/`[upstream]` on NATS, the JetStream bridges start with it.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
 use wshub::hub::broker::Broker;
-use wshub::hub::config::{BrokerEngine, HubConfig, LogFormat};
+use wshub::hub::config::{BrokerEngine, HubConfig, LogFormat, QueueEngine};
 use wshub::hub::memory::{MemoryBroker, MemoryBrokerConfig};
 use wshub::hub::Hub;
 use wshub_redis::{RedisBroker, RedisBrokerConfig};
@@ -71,6 +72,7 @@ async fn serve(loaded: crate::settings::Loaded) -> anyhow::Result<()> {
         _ => Arc::new(MemoryBroker::new(MemoryBrokerConfig::default())),
     };
     let hub = Hub::new(config.clone(), broker, &loaded.base_dir).context("cannot start the hub")?;
+    let nats_ingest = start_nats_bridges(&hub, &config).await?;
     let tls = match &config.tls {
         Some(tls) => {
             let cert = wshub::cert_reload::ReloadingCert::load(
@@ -102,10 +104,52 @@ async fn serve(loaded: crate::settings::Loaded) -> anyhow::Result<()> {
         "wshub listening on {scheme}://{addr}{} (HTTP API and /metrics on {http}://{addr})",
         config.server.ws_path
     );
-    hub.serve(listener, tls, shutdown_signal())
-        .await
-        .context("server failed")?;
+    let served = hub.serve(listener, tls, shutdown_signal()).await;
+    if let Some(consumer) = nats_ingest {
+        consumer.stop().await;
+    }
+    served.context("server failed")?;
     Ok(())
+}
+
+/// The NATS JetStream bridges of `[upstream]` and `[ingest]` (engine
+/// `nats`): installs the upstream stream and starts the ingest consumer,
+/// which the caller stops after the hub returned. One client connection
+/// serves both when their URLs are the same.
+async fn start_nats_bridges(
+    hub: &Hub,
+    config: &HubConfig,
+) -> anyhow::Result<Option<wshub_nats::IngestConsumer>> {
+    let name = format!("wshub {}", hub.node_id());
+    let mut clients: Vec<(String, wshub_nats::async_nats::Client)> = Vec::new();
+    let mut client_for = async |url: &str| -> anyhow::Result<wshub_nats::async_nats::Client> {
+        let url = if url.is_empty() {
+            wshub_nats::DEFAULT_URL
+        } else {
+            url
+        };
+        if let Some((_, c)) = clients.iter().find(|(u, _)| u == url) {
+            return Ok(c.clone());
+        }
+        let c = wshub_nats::connect(url, &name).await?;
+        clients.push((url.to_owned(), c.clone()));
+        Ok(c)
+    };
+    if config.upstream.engine == QueueEngine::Nats {
+        let client = client_for(&config.upstream.url).await?;
+        let upstream = wshub_nats::NatsUpstream::start(client, &config.upstream)
+            .await
+            .context("cannot set up the [upstream] stream")?;
+        hub.set_upstream(Arc::new(upstream));
+    }
+    if config.ingest.engine == QueueEngine::Nats {
+        let client = client_for(&config.ingest.url).await?;
+        let consumer = wshub_nats::IngestConsumer::start(hub.clone(), client, &config.ingest)
+            .await
+            .context("cannot start the [ingest] consumer")?;
+        return Ok(Some(consumer));
+    }
+    Ok(None)
 }
 
 /// Reloads the certificate on SIGHUP.
