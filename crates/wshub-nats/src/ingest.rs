@@ -252,16 +252,25 @@ impl Worker {
                 return false;
             }
         };
-        // The server answers by FETCH_WAIT; past that (plus a margin), with
-        // nothing buffered, the request was lost (e.g. the server restarted).
+        // The server ends the request by FETCH_WAIT; past that (plus a
+        // margin), with nothing buffered, it was lost or nobody answers it:
+        // the server restarted, perhaps without the consumer (a pull request
+        // to a missing consumer gets no answer at all).
         let deadline = Instant::now() + FETCH_WAIT + Duration::from_secs(1);
         let mut ok = true;
         loop {
             let next = tokio::select! {
                 biased;
                 _ = stopped.wait_for(|s| *s) => return true,
-                m = batch.next() => m,
+                m = batch.next() => Some(m),
                 _ = tokio::time::sleep_until(deadline) => None,
+            };
+            let Some(next) = next else {
+                tracing::debug!(
+                    "ingest: the fetch got no answer; checking the stream and consumer"
+                );
+                self.reensure().await;
+                return false;
             };
             match next {
                 None => return ok,

@@ -41,10 +41,11 @@
 //!   the hub's per-channel deduplication drops a second publish of an entry
 //!   whose first publish succeeded but whose ack was lost.
 //! * **Reconnects are the client's.** `async-nats` reconnects forever with
-//!   backoff and resubscribes; meanwhile fetches fail and the consumer pauses
-//!   and tries again (checking the stream and consumer exist, in case the
-//!   server came back without its data), and upstream appends fail with
-//!   error 108 once `upstream.timeout` runs out.
+//!   backoff and resubscribes; meanwhile fetches fail or go unanswered and
+//!   the consumer pauses and tries again (checking the streams and consumer
+//!   exist, in case the server came back without its data), and upstream
+//!   appends fail with error 108 once `upstream.timeout` runs out (an append
+//!   that finds no stream creates it again and retries once).
 //!
 //! # Why `async-nats`
 //!

@@ -15,9 +15,10 @@
 //!
 //! Header values have control characters replaced by spaces (a header block
 //! cannot carry line breaks). The append resolves only after the stream's
-//! publish ack; a missing stream, a lost connection or a missing ack fail it,
-//! and the hub answers the client with error 108 (it also bounds the wait by
-//! `upstream.timeout`).
+//! publish ack; a lost connection or a missing ack fail it, and the hub
+//! answers the client with error 108 (it also bounds the wait by
+//! `upstream.timeout`). A stream that vanished (a server restarted without
+//! its data) is created again and the append retried once.
 
 use async_nats::jetstream::{self, context::PublishErrorKind};
 use async_nats::HeaderMap;
@@ -32,7 +33,9 @@ use crate::{ensure_stream, header_value, NatsError};
 #[derive(Debug, Clone)]
 pub struct NatsUpstream {
     js: jetstream::Context,
+    stream: String,
     subject: String,
+    max_len: u64,
 }
 
 impl NatsUpstream {
@@ -50,23 +53,39 @@ impl NatsUpstream {
         tracing::info!(stream = %config.stream, subject = %config.subject, "upstream: nats jetstream");
         Ok(NatsUpstream {
             js,
+            stream: config.stream.clone(),
             subject: config.subject.clone(),
+            max_len: config.max_len,
         })
     }
 
-    async fn publish(&self, msg: &UpstreamMessage) -> Result<(), UpstreamError> {
+    /// Publishes `msg`; when no stream captures the subject any more (the
+    /// server came back without its data), creates it again and retries
+    /// once. The same `Nats-Msg-Id` makes the retry safe.
+    async fn append_once_stored(&self, msg: &UpstreamMessage) -> Result<(), UpstreamError> {
+        match self.publish(msg).await {
+            Err(e) if e.kind() == PublishErrorKind::StreamNotFound => {
+                tracing::warn!(stream = %self.stream, "upstream: no stream captures the subject; creating it again");
+                ensure_stream(&self.js, &self.stream, &self.subject, self.max_len)
+                    .await
+                    .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+                self.publish(msg).await.map_err(publish_error)
+            }
+            other => other.map_err(publish_error),
+        }
+    }
+
+    async fn publish(&self, msg: &UpstreamMessage) -> Result<(), jetstream::context::PublishError> {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, header_value(&msg.id));
         headers.insert("Wshub-Channel", header_value(&msg.channel));
         headers.insert("Wshub-User", header_value(&msg.user));
         headers.insert("Wshub-Client", header_value(&msg.client));
         headers.insert("Wshub-Time", msg.time_ms.to_string());
-        let ack = self
-            .js
+        self.js
             .publish_with_headers(self.subject.clone(), headers, msg.data.clone())
-            .await
-            .map_err(publish_error)?;
-        ack.await.map_err(publish_error)?;
+            .await?
+            .await?;
         Ok(())
     }
 }
@@ -86,6 +105,6 @@ fn publish_error(e: jetstream::context::PublishError) -> UpstreamError {
 
 impl Upstream for NatsUpstream {
     fn append<'a>(&'a self, msg: &'a UpstreamMessage) -> BoxFuture<'a, Result<(), UpstreamError>> {
-        Box::pin(self.publish(msg))
+        Box::pin(self.append_once_stored(msg))
     }
 }

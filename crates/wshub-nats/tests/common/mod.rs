@@ -136,6 +136,15 @@ impl NatsServer {
         self.spawn();
     }
 
+    /// Starts it again on the same port with an empty store (a server that
+    /// lost its data: no streams, no consumers).
+    pub fn start_empty(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        std::fs::create_dir_all(&self.dir).unwrap();
+        self.spawn();
+    }
+
     /// A client of its own (the test's, not the hub's).
     pub async fn client(&self) -> async_nats::Client {
         wshub_nats::connect(&self.url(), "test").await.unwrap()
@@ -323,7 +332,9 @@ pub fn config(server: &NatsServer) -> HubConfig {
     c.namespaces
         .insert("orders".into(), ns(Access::Users, UpstreamMode::Only));
     c.ingest.url = server.url();
-    c.ingest.claim_idle = Duration::from_secs(1);
+    // Short, to keep redelivery tests quick, but well above how long
+    // handling a message takes even on a loaded machine.
+    c.ingest.claim_idle = Duration::from_secs(2);
     c.ingest.max_deliveries = 3;
     c.upstream.url = server.url();
     c.upstream.timeout = Duration::from_secs(1);
