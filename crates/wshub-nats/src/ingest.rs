@@ -300,8 +300,15 @@ impl Worker {
     /// After a failed fetch: make sure the stream and consumer still exist
     /// (a server restarted without its data has neither). Failures are
     /// logged; the next fetch tries again.
+    /// Gives up at once when the consumer is stopped (with the server down,
+    /// each request would wait for its timeout).
     async fn reensure(&mut self) {
-        match setup(&self.js, &self.config).await {
+        let mut stopped = self.stopped.clone();
+        let result = tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            r = setup(&self.js, &self.config) => r,
+        };
+        match result {
             Ok(consumer) => self.consumer = consumer,
             Err(e) => tracing::warn!(error = %e, "ingest: cannot check the stream and consumer"),
         }
