@@ -12,7 +12,7 @@
 //! | outcome | what the consumer does |
 //! |---|---|
 //! | published, or a duplicate of an earlier publish | `+ACK` |
-//! | [`IngestError::Retry`] (the broker is unavailable) | `-NAK` with a delay of `claim_idle`, so the entry comes back later instead of spinning; the consumer also pauses before its next fetch |
+//! | [`IngestError::Retry`] (the broker is unavailable), or no answer within `claim_idle` (the entry would go to another node by then anyway) | `-NAK` with a delay of `claim_idle`, so the entry comes back later instead of spinning; the consumer also pauses before its next fetch |
 //! | [`IngestError::Retry`] on delivery `max_deliveries` (the last one the consumer allows) | dead-letter, then `+TERM` |
 //! | [`IngestError::Reject`] (bad JSON, bad channel, unknown namespace, too large …), or a body that is not a publication | dead-letter, then `+TERM` |
 //!
@@ -340,7 +340,14 @@ impl Worker {
                         _ => format!("{stream}:{sequence}"),
                     });
                 }
-                self.hub.ingest(m).await
+                // Past claim_idle the entry goes to another node anyway.
+                let limit = self.config.claim_idle;
+                match tokio::time::timeout(limit, self.hub.ingest(m)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(IngestError::Retry(format!(
+                        "the publish did not finish within claim_idle ({limit:?})"
+                    ))),
+                }
             }
             Err(e) => Err(e),
         };

@@ -5,7 +5,7 @@
 //! `Nats-Msg-Id`), nothing is acked before the hub published it (a broker
 //! switched off makes the publish fail for now), an entry whose publish
 //! happened but whose answer was lost is redelivered and not delivered
-//! twice, an entry held by a consumer that died goes to another hub after
+//! twice, a publish that hangs is given up after `claim_idle`, an entry held by a consumer that died goes to another hub after
 //! `claim_idle`, entries that fail `max_deliveries` times or can never be
 //! published go to the dead-letter stream with the reason, and the consumer
 //! survives a server restart. Upstream: client publications are in the
@@ -151,6 +151,31 @@ async fn a_redelivered_message_reaches_clients_once() {
         Vec::<Value>::new(),
         "a second push"
     );
+    consumer.stop().await;
+}
+
+#[tokio::test]
+async fn a_publish_that_hangs_is_retried_after_claim_idle() {
+    let server = NatsServer::start();
+    let config = ingest_config(&server);
+    let (hub, mut bob, consumer) = ingest_hub(&server, &config).await;
+    let js = jetstream::new(server.client().await);
+    hub.broker.set_mode(Mode::Hang);
+
+    js_publish(
+        &js,
+        &config.ingest.subject,
+        None,
+        r#"{"channel":"news:a","data":"late"}"#,
+    )
+    .await;
+    hub.broker.wait_attempts(1).await;
+    hub.broker.set_mode(Mode::Pass);
+    // The consumer gives up on the hung publish and the entry comes back.
+    assert_eq!(bob.data().await, "late");
+    wait_settled(&js, &config.ingest.stream, &config.ingest.group, 1).await;
+    assert_eq!(hub.broker.attempts(), 2);
+    assert_eq!(bob.pending_pushes().await, Vec::<Value>::new());
     consumer.stop().await;
 }
 
