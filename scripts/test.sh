@@ -9,6 +9,8 @@
 #
 # The browser tests need Debian's chromium at /usr/bin/chromium (.ci/run installs
 # it; elsewhere: apt-get install chromium, or SKIP_BROWSER=1).
+# The NATS JetStream bridge tests start their own nats-server (.ci/run installs
+# it; elsewhere: apt-get install nats-server), as the Redis tests do redis-server.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -4,7 +4,8 @@
 //! WebSocket clients speaking `wshub.v1`, the HTTP API,
 //! health and metrics, all on one port; optional TLS with certificate reload
 //! on file change or SIGHUP; graceful drain on SIGTERM or Ctrl-C; and the
-//! message-queue bridges of `[ingest]` and `[upstream]` (Redis Streams).
+//! message-queue bridges of `[ingest]` and `[upstream]` (Redis Streams or
+//! NATS JetStream).
 
 use std::sync::Arc;
 
@@ -103,6 +104,7 @@ async fn serve(loaded: crate::settings::Loaded) -> anyhow::Result<()> {
     };
     let hub = Hub::new(config.clone(), broker, &loaded.base_dir).context("cannot start the hub")?;
     let redis_ingest = start_redis_queues(&hub, &config).await?;
+    let nats_ingest = start_nats_bridges(&hub, &config).await?;
     let tls = match &config.tls {
         Some(tls) => {
             let cert = wshub::cert_reload::ReloadingCert::load(
@@ -144,6 +146,9 @@ async fn serve(loaded: crate::settings::Loaded) -> anyhow::Result<()> {
     if let Some(ingest) = redis_ingest {
         ingest.stop().await;
     }
+    if let Some(consumer) = nats_ingest {
+        consumer.stop().await;
+    }
     served
 }
 
@@ -174,6 +179,46 @@ async fn start_redis_queues(hub: &Hub, config: &HubConfig) -> anyhow::Result<Opt
         .await
         .with_context(|| format!("cannot start the ingest consumer on Redis at {url}"))?;
     Ok(Some(ingest))
+}
+
+/// The NATS JetStream bridges of `[upstream]` and `[ingest]` (engine
+/// `nats`): installs the upstream stream and starts the ingest consumer,
+/// which the caller stops after the hub returned. One client connection
+/// serves both when their URLs are the same.
+async fn start_nats_bridges(
+    hub: &Hub,
+    config: &HubConfig,
+) -> anyhow::Result<Option<wshub_nats::IngestConsumer>> {
+    let name = format!("wshub {}", hub.node_id());
+    let mut clients: Vec<(String, wshub_nats::async_nats::Client)> = Vec::new();
+    let mut client_for = async |url: &str| -> anyhow::Result<wshub_nats::async_nats::Client> {
+        let url = if url.is_empty() {
+            wshub_nats::DEFAULT_URL
+        } else {
+            url
+        };
+        if let Some((_, c)) = clients.iter().find(|(u, _)| u == url) {
+            return Ok(c.clone());
+        }
+        let c = wshub_nats::connect(url, &name).await?;
+        clients.push((url.to_owned(), c.clone()));
+        Ok(c)
+    };
+    if config.upstream.engine == QueueEngine::Nats {
+        let client = client_for(&config.upstream.url).await?;
+        let upstream = wshub_nats::NatsUpstream::start(client, &config.upstream)
+            .await
+            .context("cannot set up the [upstream] stream")?;
+        hub.set_upstream(Arc::new(upstream));
+    }
+    if config.ingest.engine == QueueEngine::Nats {
+        let client = client_for(&config.ingest.url).await?;
+        let consumer = wshub_nats::IngestConsumer::start(hub.clone(), client, &config.ingest)
+            .await
+            .context("cannot start the [ingest] consumer")?;
+        return Ok(Some(consumer));
+    }
+    Ok(None)
 }
 
 /// Reloads the certificate on SIGHUP.
