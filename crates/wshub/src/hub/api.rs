@@ -6,7 +6,6 @@
 //! `docs/http-api.md` documents every endpoint with examples; the
 //! integration tests in `crates/wshub/tests/hub_api.rs` exercise them.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -20,13 +19,12 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
-use super::broker::{Audience, TagFilter};
+use super::broker::Audience;
 use super::core::{Hub, OpError, PublishRequest};
 use super::metrics::{PublishSource, RejectReason};
 use super::protocol::{self, ErrorCode, Position};
-use super::queue::check_publication_options;
+use super::queue::{check_publication_options, PublishBody};
 use super::ratelimit::IpLimiter;
 use crate::client_ip::{resolve_client_ip, TrustedProxies};
 use crate::upgrade::WebSocketUpgrade;
@@ -382,23 +380,6 @@ fn check_channel(channel: &str) -> Result<(), Box<Response>> {
 // ---------------------------------------------------------------------------
 // Endpoints
 // ---------------------------------------------------------------------------
-
-/// Options shared by `publish` and `broadcast`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishBody {
-    channel: Option<String>,
-    channels: Option<Vec<String>>,
-    data: Box<RawValue>,
-    #[serde(default)]
-    tags: BTreeMap<String, String>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-    #[serde(default)]
-    except_client: Option<String>,
-    #[serde(default)]
-    filter: Option<TagFilter>,
-}
 
 impl PublishBody {
     /// Checks the options' sizes; the error names the field.

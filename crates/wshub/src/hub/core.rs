@@ -124,6 +124,21 @@ impl From<BrokerError> for OpError {
     }
 }
 
+/// Error 112 when `len` bytes of data exceed the namespace's publication
+/// limit.
+pub(crate) fn check_size(ns: &NamespaceConfig, len: usize) -> Result<(), OpError> {
+    if len > ns.max_publication_size {
+        return Err(OpError::with(
+            ErrorCode::MessageTooLarge,
+            format!(
+                "data is {len} bytes; the namespace allows {}",
+                ns.max_publication_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A message to a session from outside its task (HTTP API, shutdown).
 #[derive(Debug)]
 pub(crate) enum Control {
@@ -1023,16 +1038,7 @@ impl Hub {
             source,
         } = req;
         let ns = self.namespace(channel)?;
-        if data.len() > ns.max_publication_size {
-            return Err(OpError::with(
-                ErrorCode::MessageTooLarge,
-                format!(
-                    "data is {} bytes; the namespace allows {}",
-                    data.len(),
-                    ns.max_publication_size
-                ),
-            ));
-        }
+        check_size(ns, data.len())?;
         let mut opts = PublishOptions {
             history_size: ns.history_size,
             history_ttl: ns.history_ttl,

@@ -109,19 +109,22 @@ pub struct IngestMessage {
     pub filter: Option<TagFilter>,
 }
 
+/// The body of `POST /api/publish` and `/api/broadcast` (one of `channel`
+/// and `channels`), which is also an ingest entry's JSON form.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct IngestBody {
-    channel: String,
-    data: Box<RawValue>,
+pub(crate) struct PublishBody {
+    pub(crate) channel: Option<String>,
+    pub(crate) channels: Option<Vec<String>>,
+    pub(crate) data: Box<RawValue>,
     #[serde(default)]
-    tags: BTreeMap<String, String>,
+    pub(crate) tags: BTreeMap<String, String>,
     #[serde(default)]
-    idempotency_key: Option<String>,
+    pub(crate) idempotency_key: Option<String>,
     #[serde(default)]
-    except_client: Option<String>,
+    pub(crate) except_client: Option<String>,
     #[serde(default)]
-    filter: Option<TagFilter>,
+    pub(crate) filter: Option<TagFilter>,
 }
 
 impl IngestMessage {
@@ -142,10 +145,20 @@ impl IngestMessage {
     /// `idempotency_key`, `except_client` and `filter` optional. Unknown
     /// fields are rejected, like the API does.
     pub fn from_json(body: &[u8]) -> Result<IngestMessage, IngestError> {
-        let b: IngestBody = serde_json::from_slice(body)
+        let b: PublishBody = serde_json::from_slice(body)
             .map_err(|e| IngestError::Reject(format!("not a publication: {e}")))?;
+        if b.channels.is_some() {
+            return Err(IngestError::Reject(
+                "not a publication: `channels` is for broadcasts; use `channel`".to_owned(),
+            ));
+        }
+        let Some(channel) = b.channel else {
+            return Err(IngestError::Reject(
+                "not a publication: missing field `channel`".to_owned(),
+            ));
+        };
         Ok(IngestMessage {
-            channel: b.channel,
+            channel,
             data: Bytes::copy_from_slice(b.data.get().as_bytes()),
             tags: b.tags,
             idempotency_key: b.idempotency_key,
@@ -336,6 +349,7 @@ mod tests {
             &br#"{"data":1}"#[..],
             br#"{"channel":"a"}"#,
             br#"{"channel":"a","data":1,"chanel":"b"}"#,
+            br#"{"channels":["a"],"data":1}"#,
             b"not json",
         ] {
             let e = IngestMessage::from_json(bad).unwrap_err();

@@ -649,16 +649,7 @@ impl Session {
         let data = Bytes::from(data);
         let mut result = PublishResult::default();
         if ns.upstream != UpstreamMode::Off {
-            if data.len() > ns.max_publication_size {
-                return Err(OpError::with(
-                    ErrorCode::MessageTooLarge,
-                    format!(
-                        "data is {} bytes; the namespace allows {}",
-                        data.len(),
-                        ns.max_publication_size
-                    ),
-                ));
-            }
+            super::core::check_size(ns, data.len())?;
             self.upstream_seq += 1;
             let msg = UpstreamMessage {
                 id: format!("{}-{}", self.client, self.upstream_seq),
