@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -261,18 +262,24 @@ fn arena_frame(len: usize, fill: impl FnOnce(&mut BytesMut)) -> Bytes {
 /// ```
 #[derive(Debug)]
 pub struct Connection {
-    config: Config,
+    /// Shared by every connection of a server that passes the same `Arc`
+    /// (settings are the same for all of them; an idle connection should not
+    /// carry its own copy).
+    config: Arc<Config>,
     state: State,
     /// Bytes of a frame header cut by the end of a read.
     hdr: [u8; MAX_HEADER_LEN],
     hdr_len: u8,
     frame: Option<RxFrame>,
-    ctrl: [u8; MAX_CONTROL_PAYLOAD],
-    ctrl_len: u8,
+    /// The control frame payload being received. Empty, and holding no
+    /// allocation, between control frames: an idle connection keeps none.
+    ctrl: Vec<u8>,
     msg: Option<RxMessage>,
     /// The peer's close frame arrived, or we failed: ignore further input.
     rx_done: bool,
     close_sent: bool,
+    /// [`commit_failure`](Self::commit_failure) ran: errors close at once now.
+    error_close_committed: bool,
     events: VecDeque<Event>,
     out: VecDeque<Bytes>,
     out_len: usize,
@@ -291,7 +298,11 @@ pub struct Connection {
 
 impl Connection {
     /// A connection that completed its handshake at `now`.
-    pub fn new(config: Config, now: Instant) -> Connection {
+    ///
+    /// `config` is a [`Config`], or an `Arc<Config>` shared with other
+    /// connections that have the same settings.
+    pub fn new(config: impl Into<Arc<Config>>, now: Instant) -> Connection {
+        let config = config.into();
         let next_ping = config.ping_interval.map(|i| now + i);
         let rng = match config.role {
             Role::Client => Some(fastrand::Rng::with_seed(seed())),
@@ -303,11 +314,11 @@ impl Connection {
             hdr: [0; MAX_HEADER_LEN],
             hdr_len: 0,
             frame: None,
-            ctrl: [0; MAX_CONTROL_PAYLOAD],
-            ctrl_len: 0,
+            ctrl: Vec::new(),
             msg: None,
             rx_done: false,
             close_sent: false,
+            error_close_committed: false,
             events: VecDeque::new(),
             out: VecDeque::new(),
             out_len: 0,
@@ -432,7 +443,7 @@ impl Connection {
             if h.payload_len > MAX_CONTROL_PAYLOAD as u64 {
                 return Err(ProtocolError::ControlTooLarge(h.payload_len));
             }
-            self.ctrl_len = 0;
+            self.ctrl.clear();
         } else {
             match (h.opcode, self.msg.as_mut()) {
                 (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
@@ -488,12 +499,8 @@ impl Connection {
             return Ok(());
         };
         if frame.opcode.is_control() {
-            let start = usize::from(self.ctrl_len);
             // start_frame bounded the control payload to 125 bytes.
-            if let Some(dst) = self.ctrl.get_mut(start..start + chunk.len()) {
-                dst.copy_from_slice(chunk);
-                self.ctrl_len += chunk.len() as u8;
-            }
+            self.ctrl.extend_from_slice(chunk);
             return Ok(());
         }
         let max = self.config.limits.max_message_size;
@@ -569,10 +576,10 @@ impl Connection {
     }
 
     fn control(&mut self, opcode: OpCode) -> Result<(), ProtocolError> {
-        let payload = &self.ctrl[..usize::from(self.ctrl_len)];
+        let payload = std::mem::take(&mut self.ctrl);
         match opcode {
             OpCode::Ping => {
-                let data = Bytes::copy_from_slice(payload);
+                let data = Bytes::from(payload);
                 if !self.close_sent {
                     self.pending_pongs += 1;
                     if self.pending_pongs > self.config.max_pending_pongs {
@@ -584,11 +591,10 @@ impl Connection {
             }
             OpCode::Pong => {
                 self.pong_deadline = None;
-                self.events
-                    .push_back(Event::Pong(Bytes::copy_from_slice(payload)));
+                self.events.push_back(Event::Pong(Bytes::from(payload)));
             }
             OpCode::Close => {
-                let frame = parse_close(payload)?;
+                let frame = parse_close(&payload)?;
                 self.rx_done = true;
                 self.msg = None;
                 if !self.close_sent {
@@ -615,7 +621,7 @@ impl Connection {
         self.rx_done = true;
         self.msg = None;
         self.frame = None;
-        if self.config.defer_error_close && !self.close_sent {
+        if self.config.defer_error_close && !self.error_close_committed && !self.close_sent {
             self.deferred_failure = Some(err.clone());
             return;
         }
@@ -658,7 +664,7 @@ impl Connection {
     /// before the close frame. A no-op without a deferred error.
     pub fn commit_failure(&mut self, now: Instant) {
         if let Some(err) = self.deferred_failure.take() {
-            self.config.defer_error_close = false;
+            self.error_close_committed = true;
             self.fail(now, &err);
         }
     }

@@ -260,20 +260,20 @@ impl ClientBuilder {
         };
         let leftover = buf.split_off(response.len);
         let (path, query) = match target.path.split_once('?') {
-            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-            None => (target.path.clone(), None),
+            Some((p, q)) => (p, Some(q)),
+            None => (target.path.as_str(), None),
         };
         let shared = Arc::new(Shared {
             id: crate::socket::next_id(),
-            info: Info {
-                peer_addr: peer,
-                client_ip: peer.ip(),
+            info: Info::new(
+                peer,
+                peer.ip(),
                 path,
                 query,
-                headers: None,
-                protocol: response.protocol,
-                deflate: params.is_some(),
-            },
+                None,
+                response.protocol,
+                params.is_some(),
+            ),
             max_queue_bytes: self.max_queue_bytes,
             policy: SlowConsumerPolicy::Close,
             max_inbound_bytes: 1 << 20,

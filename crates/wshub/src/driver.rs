@@ -66,8 +66,17 @@ pub(crate) struct Driver<S> {
     inbound_full: bool,
     write_stall_timeout: Duration,
     close_timeout: Duration,
-    /// The close frame this side sent, for the disconnect reason.
+    /// How the connection is ending, once it is: boxed, since only a closing
+    /// connection needs it and every idle one would carry it.
+    ending: Option<Box<Ending>>,
+}
+
+/// What the driver learns while a connection ends, for its disconnect reason.
+#[derive(Default)]
+struct Ending {
+    /// The close frame this side sent.
     local_close: Option<CloseFrame>,
+    /// The peer's close frame (`Some(None)`: one without a body).
     peer_close: Option<Option<CloseFrame>>,
     failure: Option<Disconnect>,
 }
@@ -94,14 +103,12 @@ where
             inbound_full: false,
             write_stall_timeout: parts.write_stall_timeout,
             close_timeout: parts.close_timeout,
-            local_close: None,
-            peer_close: None,
-            failure: None,
+            ending: None,
         };
         let mut leftover = parts.leftover;
         if !leftover.is_empty() {
             if let Err(e) = d.conn.handle_input(now(), &mut leftover) {
-                d.failure = Some(Disconnect::Protocol(e));
+                d.ending.get_or_insert_with(Box::default).failure = Some(Disconnect::Protocol(e));
             }
             // Nobody waits yet: the handler has not been polled.
             drop(d.dispatch_events());
@@ -154,6 +161,10 @@ where
         .await;
     }
 
+    fn take_failure(&mut self) -> Option<Disconnect> {
+        self.ending.as_mut().and_then(|e| e.failure.take())
+    }
+
     /// Marks the connection ended for the application.
     fn finish(&mut self, reason: Disconnect) {
         self.shared.mark_ended(reason);
@@ -175,7 +186,8 @@ where
                     Err(_) => {
                         self.handler = None;
                         tracing::error!(id = self.shared.id, "connection handler panicked");
-                        self.failure = Some(Disconnect::HandlerPanicked);
+                        self.ending.get_or_insert_with(Box::default).failure =
+                            Some(Disconnect::HandlerPanicked);
                         let _ = self
                             .conn
                             .close(now, CloseCode::INTERNAL_ERROR, "internal error");
@@ -204,7 +216,7 @@ where
                 match self.poll_read(cx, now) {
                     Poll::Ready(Ok(true)) => progress = true,
                     Poll::Ready(Ok(false)) => {
-                        return Poll::Ready(self.failure.take().unwrap_or(Disconnect::Abnormal))
+                        return Poll::Ready(self.take_failure().unwrap_or(Disconnect::Abnormal))
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Disconnect::Io(e.to_string())),
                     Poll::Pending => {}
@@ -227,14 +239,15 @@ where
         if inner.terminate {
             return Some(Disconnect::Terminated);
         }
-        if inner.slow && self.failure.is_none() {
+        if inner.slow && self.ending.as_ref().is_none_or(|e| e.failure.is_none()) {
             inner.out.clear();
             inner.out_bytes = 0;
-            self.failure = Some(Disconnect::SlowConsumer);
+            self.ending.get_or_insert_with(Box::default).failure = Some(Disconnect::SlowConsumer);
             let code = crate::close_codes::SLOW_CONSUMER;
             let reason = "slow consumer: outbound queue full";
             if self.conn.close(now, code, reason).is_ok() {
-                self.local_close = Some(CloseFrame::new(code, reason));
+                self.ending.get_or_insert_with(Box::default).local_close =
+                    Some(CloseFrame::new(code, reason));
             }
         }
         // Encode ahead at most a quarter of the queue limit, so most of a backlog
@@ -260,8 +273,9 @@ where
                 Outbound::Close(code, reason) => {
                     inner.out_bytes -= reason.len() + 2;
                     let r = self.conn.close(now, code, &reason);
-                    if r.is_ok() && self.local_close.is_none() {
-                        self.local_close = Some(CloseFrame::new(code, &reason));
+                    let ending = self.ending.get_or_insert_with(Box::default);
+                    if r.is_ok() && ending.local_close.is_none() {
+                        ending.local_close = Some(CloseFrame::new(code, &reason));
                     }
                     r
                 }
@@ -275,7 +289,8 @@ where
         if inner.handles == 0 && self.handler.is_none() && self.conn.state() == State::Open {
             // Nobody can send or receive on this connection any more.
             if self.conn.close(now, CloseCode::NORMAL, "").is_ok() {
-                self.local_close = Some(CloseFrame::new(CloseCode::NORMAL, ""));
+                self.ending.get_or_insert_with(Box::default).local_close =
+                    Some(CloseFrame::new(CloseCode::NORMAL, ""));
             }
         }
         inner.wire_bytes = self.conn.output_len();
@@ -360,7 +375,8 @@ where
         match polled {
             Poll::Ready(Ok(Some(res))) => {
                 if let Err(e) = res {
-                    self.failure = Some(Disconnect::Protocol(e));
+                    self.ending.get_or_insert_with(Box::default).failure =
+                        Some(Disconnect::Protocol(e));
                 }
                 // The handler runs in this task and is polled again right away;
                 // waking only matters for readers in other tasks.
@@ -397,7 +413,9 @@ where
                         wake = std::mem::take(&mut inner.readers);
                     }
                 }
-                Event::Close(frame) => self.peer_close = Some(frame),
+                Event::Close(frame) => {
+                    self.ending.get_or_insert_with(Box::default).peer_close = Some(frame)
+                }
                 Event::Ping(_) | Event::Pong(_) => {}
             }
         }
@@ -406,10 +424,13 @@ where
     }
 
     fn closed_reason(&mut self) -> Disconnect {
-        if let Some(f) = self.failure.take() {
+        let Some(ending) = self.ending.as_mut() else {
+            return Disconnect::Abnormal;
+        };
+        if let Some(f) = ending.failure.take() {
             return f;
         }
-        match (&self.local_close, self.peer_close.take()) {
+        match (&ending.local_close, ending.peer_close.take()) {
             (Some(local), _) => Disconnect::Closed {
                 code: local.code,
                 reason: local.reason.clone(),

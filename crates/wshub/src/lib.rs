@@ -38,6 +38,7 @@
 //! - [`config`]: [`Config`] and its builder, with every default documented.
 //! - [`socket`]: [`WebSocket`], the application's handle to a connection.
 //! - `driver` (private): the per-connection task.
+//! - [`headers`]: [`headers::RequestHeaders`], the upgrade request's fields, packed.
 //! - [`registry`]: [`Clients`] and broadcast.
 //! - [`client_ip`]: the client IP from the socket or trusted proxies.
 //! - [`upgrade`]: upgrades inside hyper and axum apps.
@@ -55,6 +56,7 @@ pub mod close_codes;
 pub mod config;
 mod driver;
 pub mod error;
+pub mod headers;
 pub mod hub;
 pub mod registry;
 pub mod server;

@@ -148,12 +148,12 @@ impl ClientRef<'_> {
 
     /// The request path.
     pub fn path(&self) -> &str {
-        &self.0.info.path
+        self.0.info.path()
     }
 
     /// The request query string.
     pub fn query(&self) -> Option<&str> {
-        self.0.info.query.as_deref()
+        self.0.info.query()
     }
 
     /// The negotiated subprotocol.

@@ -25,6 +25,7 @@ use wshub_proto::{CloseCode, Connection, Role};
 use crate::client_ip::resolve_client_ip;
 use crate::config::Config;
 use crate::driver::{Driver, DriverParts};
+use crate::headers::RequestHeaders;
 use crate::registry::Clients;
 use crate::socket::{Info, Shared, WebSocket};
 
@@ -87,7 +88,7 @@ pub struct HandshakeRequest<'a> {
     /// The resolved client IP.
     pub client_ip: IpAddr,
     /// All request headers.
-    pub headers: &'a http::HeaderMap,
+    pub headers: &'a RequestHeaders,
 }
 
 type Check = Arc<dyn Fn(&HandshakeRequest<'_>) -> Result<(), Rejection> + Send + Sync>;
@@ -122,6 +123,9 @@ pub struct Server {
 
 struct ServerInner {
     config: Config,
+    /// The protocol settings of every connection without permessage-deflate,
+    /// shared rather than copied into each.
+    conn_config: Arc<wshub_proto::connection::Config>,
     clients: Clients,
     /// Open connections plus upgrades accepted and not yet open: reserved
     /// atomically so concurrent upgrades cannot overshoot `max_connections`.
@@ -198,7 +202,7 @@ pub(crate) struct RequestFacts {
     pub(crate) client_ip: IpAddr,
     pub(crate) path: String,
     pub(crate) query: Option<String>,
-    pub(crate) headers: http::HeaderMap,
+    pub(crate) headers: RequestHeaders,
 }
 
 impl Server {
@@ -220,6 +224,11 @@ impl Server {
     ) -> Server {
         Server {
             inner: Arc::new(ServerInner {
+                conn_config: Arc::new(
+                    config
+                        .conn_config(Role::Server)
+                        .with_deferred_error_close(true),
+                ),
                 config,
                 clients: Clients::default(),
                 slots: AtomicUsize::new(0),
@@ -477,15 +486,7 @@ impl Server {
                 return None;
             }
         };
-        let mut headers = http::HeaderMap::with_capacity(req.headers.len());
-        for (name, value) in &req.headers {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name.as_bytes()),
-                http::HeaderValue::from_bytes(value),
-            ) {
-                headers.append(n, v);
-            }
-        }
+        let headers = RequestHeaders::from_pairs(req.iter_headers());
         let facts = RequestFacts {
             peer,
             client_ip: resolve_client_ip(peer.ip(), req.iter_headers(), &config.trusted_proxies),
@@ -580,15 +581,15 @@ impl Server {
         let params = accepted.deflate.map(|(p, _)| p);
         let shared = Arc::new(Shared {
             id: crate::socket::next_id(),
-            info: Info {
-                peer_addr: facts.peer,
-                client_ip: facts.client_ip,
-                path: facts.path,
-                query: facts.query,
-                headers: config.keep_headers.then_some(facts.headers),
-                protocol: accepted.protocol,
-                deflate: params.is_some(),
-            },
+            info: Info::new(
+                facts.peer,
+                facts.client_ip,
+                &facts.path,
+                facts.query.as_deref(),
+                config.keep_headers.then_some(facts.headers),
+                accepted.protocol,
+                params.is_some(),
+            ),
             max_queue_bytes: config.max_queue_bytes,
             policy: config.slow_consumer,
             max_inbound_bytes: config.max_inbound_bytes,
@@ -651,13 +652,11 @@ impl Server {
     {
         let config = &self.inner.config;
         let shared = Arc::clone(&registration.registered.shared);
-        let conn = Connection::new(
-            config
-                .conn_config(Role::Server)
-                .with_deflate(registration.params)
-                .with_deferred_error_close(true),
-            tokio::time::Instant::now().into_std(),
-        );
+        let conn_config = match registration.params {
+            None => Arc::clone(&self.inner.conn_config),
+            Some(p) => Arc::new((*self.inner.conn_config).clone().with_deflate(Some(p))),
+        };
+        let conn = Connection::new(conn_config, tokio::time::Instant::now().into_std());
         let ws = WebSocket::new(Arc::clone(&shared));
         Driver::new(
             io,
@@ -751,5 +750,20 @@ mod tests {
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");
         assert!(size < 2048, "a connection's task is {size} bytes");
+    }
+
+    /// The other per-connection allocation: the state shared by the driver,
+    /// the handles and the registry (488 bytes with a `HeaderMap` and a
+    /// `String` each for path, query and subprotocol in it; 360 after).
+    #[test]
+    fn shared_state_is_small() {
+        let shared = std::mem::size_of::<Shared>();
+        eprintln!(
+            "Shared {shared} B (Info {} B, Inner {} B), Connection {} B",
+            std::mem::size_of::<Info>(),
+            std::mem::size_of::<crate::socket::Inner>(),
+            std::mem::size_of::<Connection>(),
+        );
+        assert!(shared <= 400, "Shared is {shared} bytes");
     }
 }

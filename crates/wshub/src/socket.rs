@@ -18,6 +18,7 @@ use bytes::Bytes;
 use wshub_proto::{CloseCode, Message, PreparedMessage, ProtocolError};
 
 use crate::config::SlowConsumerPolicy;
+use crate::headers::RequestHeaders;
 
 /// A connection's id, unique within the process (across servers and clients).
 pub type ConnectionId = u64;
@@ -121,16 +122,54 @@ pub enum SendError {
     InvalidCloseCode(u16),
 }
 
-/// Facts about a connection, fixed at the handshake.
+/// Facts about a connection, fixed at the handshake. Every open connection
+/// holds one, so it is kept compact: the path and query share one allocation,
+/// the headers are packed into another ([`RequestHeaders`]).
 #[derive(Debug)]
 pub(crate) struct Info {
     pub(crate) peer_addr: SocketAddr,
     pub(crate) client_ip: IpAddr,
-    pub(crate) path: String,
-    pub(crate) query: Option<String>,
-    pub(crate) headers: Option<http::HeaderMap>,
-    pub(crate) protocol: Option<String>,
+    /// The path, then `?` and the query if the request had one.
+    target: Box<str>,
+    path_len: u32,
+    pub(crate) headers: Option<RequestHeaders>,
+    pub(crate) protocol: Option<Box<str>>,
     pub(crate) deflate: bool,
+}
+
+impl Info {
+    pub(crate) fn new(
+        peer_addr: SocketAddr,
+        client_ip: IpAddr,
+        path: &str,
+        query: Option<&str>,
+        headers: Option<RequestHeaders>,
+        protocol: Option<String>,
+        deflate: bool,
+    ) -> Info {
+        let (target, path_len) = match (query, u32::try_from(path.len())) {
+            (_, Err(_)) => (Box::from("/"), 1),
+            (Some(q), Ok(n)) => (format!("{path}?{q}").into_boxed_str(), n),
+            (None, Ok(n)) => (Box::from(path), n),
+        };
+        Info {
+            peer_addr,
+            client_ip,
+            target,
+            path_len,
+            headers,
+            protocol: protocol.map(String::into_boxed_str),
+            deflate,
+        }
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.target.get(..self.path_len as usize).unwrap_or("/")
+    }
+
+    pub(crate) fn query(&self) -> Option<&str> {
+        self.target.get(self.path_len as usize + 1..)
+    }
 }
 
 /// An item of the outbound queue.
@@ -333,17 +372,18 @@ impl WebSocket {
 
     /// The request path of the upgrade request, without the query.
     pub fn path(&self) -> &str {
-        &self.shared.info.path
+        self.shared.info.path()
     }
 
     /// The query string of the upgrade request, without `?`.
     pub fn query(&self) -> Option<&str> {
-        self.shared.info.query.as_deref()
+        self.shared.info.query()
     }
 
     /// The upgrade request's headers (unless [`keep_headers`](crate::config::Builder::keep_headers)
-    /// was turned off).
-    pub fn headers(&self) -> Option<&http::HeaderMap> {
+    /// was turned off). [`RequestHeaders::to_header_map`] turns them into an
+    /// `http::HeaderMap`.
+    pub fn headers(&self) -> Option<&RequestHeaders> {
         self.shared.info.headers.as_ref()
     }
 

@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use wshub_proto::handshake::{validate_upgrade, UpgradeRequest};
 
 use crate::client_ip::resolve_client_ip;
+use crate::headers::RequestHeaders;
 use crate::server::{into_handler, Accepted, Handler, Rejection, RequestFacts, Server};
 use crate::WebSocket;
 
@@ -84,7 +85,7 @@ fn prepare(
             client_ip,
             path: uri.path().to_owned(),
             query: uri.query().map(str::to_owned),
-            headers: headers.clone(),
+            headers: RequestHeaders::from_header_map(headers),
         },
         on_upgrade,
     })
