@@ -7,7 +7,6 @@
 //! permessage-deflate, the close handshake, the heartbeat timers, and a queue of
 //! encoded output the caller writes with one vectored write.
 
-use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +20,7 @@ use crate::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::limits::Limits;
 use crate::mask::apply_mask;
 use crate::message::{Message, PreparedMessage, Text};
+use crate::queue::Queue;
 use crate::utf8::Utf8Validator;
 
 /// Which end of the connection this is. It decides masking: clients mask every
@@ -280,8 +280,8 @@ pub struct Connection {
     close_sent: bool,
     /// [`commit_failure`](Self::commit_failure) ran: errors close at once now.
     error_close_committed: bool,
-    events: VecDeque<Event>,
-    out: VecDeque<Bytes>,
+    events: Queue<Event>,
+    out: Queue<Bytes>,
     out_len: usize,
     pending_pongs: usize,
     /// Decompressor kept between messages (context takeover) or borrowed from the
@@ -319,8 +319,8 @@ impl Connection {
             rx_done: false,
             close_sent: false,
             error_close_committed: false,
-            events: VecDeque::new(),
-            out: VecDeque::new(),
+            events: Queue::new(),
+            out: Queue::new(),
             out_len: 0,
             pending_pongs: 0,
             inflater: None,
@@ -879,9 +879,7 @@ impl Connection {
         }
         if self.out.is_empty() {
             self.pending_pongs = 0;
-            if self.out.capacity() > 64 {
-                self.out = VecDeque::new();
-            }
+            self.out.release(64);
         }
     }
 
@@ -924,6 +922,10 @@ impl Connection {
         }
         if let (Some(at), Some(interval)) = (self.next_ping, self.config.ping_interval) {
             if at <= now && !self.close_sent {
+                // A heartbeat means the connection may be idle: give back
+                // the queues' room from its last burst.
+                self.events.release(0);
+                self.out.release(0);
                 self.queue_control(OpCode::Ping, &[]);
                 if self.pong_deadline.is_none() {
                     self.pong_deadline = Some(now + self.config.pong_timeout);

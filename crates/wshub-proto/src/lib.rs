@@ -34,6 +34,7 @@ pub mod limits;
 pub mod mask;
 pub mod message;
 mod pool;
+mod queue;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};

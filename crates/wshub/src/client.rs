@@ -300,7 +300,7 @@ impl ClientBuilder {
                 leftover,
             },
         );
-        tokio::spawn(driver.run());
+        tokio::spawn(driver.run(|| ()));
         Ok(ws)
     }
 }

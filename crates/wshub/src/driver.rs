@@ -116,13 +116,17 @@ where
         d
     }
 
-    /// Runs the connection to its end, then lets the handler finish.
+    /// Runs the connection to its end, lets the handler finish, and calls
+    /// `on_end` (which can own what must live as long as the connection).
+    /// The reason it ended is in the shared state ([`Shared::ended_reason`]).
     ///
     /// An `async` block rather than an `async fn`: an `async fn` keeps its
-    /// by-value `self` twice in its state (the argument and the body's copy,
-    /// rust-lang/rust#62958), which every idle connection would pay for.
+    /// by-value `self` twice in its state (rust-lang/rust#62958), which every
+    /// idle connection would pay for. For the same reason nothing but the
+    /// driver itself is kept across an await (the reason is in the shared
+    /// state, the handler is polled in place).
     #[allow(clippy::manual_async_fn)] // an async block on purpose (rust-lang/rust#62958)
-    pub(crate) fn run(self) -> impl Future<Output = Disconnect> {
+    pub(crate) fn run(self, on_end: impl FnOnce() + Send) -> impl Future<Output = ()> {
         let mut this = self;
         async move {
             let reason = poll_fn(|cx| this.poll_open(cx)).await;
@@ -130,7 +134,7 @@ where
                 reason,
                 Disconnect::Closed { .. } | Disconnect::Protocol(_) | Disconnect::SlowConsumer
             );
-            this.finish(reason.clone());
+            this.finish(reason);
             if graceful {
                 // Boxed: the closing states (a timer, the writes, a read
                 // buffer) would otherwise be part of every connection's task
@@ -138,10 +142,13 @@ where
                 Box::pin(this.close_gracefully()).await;
             }
             drop(this.io);
-            if let Some(h) = this.handler.take() {
-                h.await;
-            }
-            reason
+            let handler = &mut this.handler;
+            poll_fn(|cx| match handler {
+                Some(h) => h.as_mut().poll(cx),
+                None => Poll::Ready(()),
+            })
+            .await;
+            on_end();
         }
     }
 

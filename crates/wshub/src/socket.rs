@@ -302,6 +302,11 @@ impl Shared {
     }
 
     /// Records the end of the connection (once) and wakes everyone waiting.
+    /// Why the connection ended, once it has.
+    pub(crate) fn ended_reason(&self) -> Option<Disconnect> {
+        self.lock().ended.clone()
+    }
+
     pub(crate) fn mark_ended(&self, reason: Disconnect) {
         let readers = {
             let mut inner = self.lock();

@@ -123,16 +123,16 @@ fn accept(
     let registration = server.register(facts, accepted);
     tokio::spawn(async move {
         match on_upgrade.await {
+            // The connection gets a task of its own, sized for the driver
+            // alone (this one also holds the upgrade's state).
             Ok(upgraded) => {
-                server
-                    .run_connection(
-                        TokioIo::new(upgraded),
-                        registration,
-                        Vec::new(),
-                        handler,
-                        guard,
-                    )
-                    .await
+                tokio::spawn(server.connection(
+                    TokioIo::new(upgraded),
+                    registration,
+                    Vec::new(),
+                    handler,
+                    guard,
+                ));
             }
             Err(e) => tracing::debug!(error = %e, "HTTP upgrade failed"),
         }
