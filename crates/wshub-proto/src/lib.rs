@@ -15,6 +15,8 @@
 //! - [`message`]: [`Message`], [`Text`] and [`PreparedMessage`].
 //! - [`utf8`]: incremental UTF-8 validation that fails on the first bad fragment.
 //! - [`connection`]: [`Connection`], the per-connection state machine.
+//! - [`queue`]: the FIFO that holds one item without allocating, for the
+//!   per-connection queues.
 //! - [`Limits`], [`CloseCode`], [`ProtocolError`]: the limits, close codes and errors.
 //!
 //! ## Why hand-written
@@ -34,7 +36,7 @@ pub mod limits;
 pub mod mask;
 pub mod message;
 mod pool;
-mod queue;
+pub mod queue;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};

@@ -1,5 +1,7 @@
 //! [`Queue`]: the first-in, first-out queue behind a connection's output
-//! chunks and its events, holding one item without allocating.
+//! chunks and its events (and, in the `wshub` server, a connection's
+//! outbound and inbound messages and waiting readers), holding one item
+//! without allocating.
 //!
 //! Most of the time a connection's queues hold at most one item: the ping
 //! of a heartbeat, the pong that answers it, one reply, one decoded message.
@@ -13,8 +15,17 @@ use std::collections::VecDeque;
 use std::mem;
 
 /// A FIFO queue that holds a single item inline.
+///
+/// ```
+/// use wshub_proto::queue::Queue;
+/// let mut q = Queue::new();
+/// q.push_back("ping");
+/// q.push_back("reply");
+/// assert_eq!(q.pop_front(), Some("ping"));
+/// assert_eq!(q.into_iter().collect::<Vec<_>>(), ["reply"]);
+/// ```
 #[derive(Debug, Default)]
-pub(crate) enum Queue<T> {
+pub enum Queue<T> {
     /// Nothing queued, nothing allocated.
     #[default]
     Empty,
@@ -26,12 +37,12 @@ pub(crate) enum Queue<T> {
 
 impl<T> Queue<T> {
     /// An empty queue (no allocation).
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         Queue::Empty
     }
 
     /// Appends `item`.
-    pub(crate) fn push_back(&mut self, item: T) {
+    pub fn push_back(&mut self, item: T) {
         if let Queue::Many(q) = self {
             q.push_back(item);
             return;
@@ -52,7 +63,7 @@ impl<T> Queue<T> {
     }
 
     /// Removes and returns the first item.
-    pub(crate) fn pop_front(&mut self) -> Option<T> {
+    pub fn pop_front(&mut self) -> Option<T> {
         match self {
             Queue::Empty => None,
             Queue::Many(q) => q.pop_front(),
@@ -64,7 +75,7 @@ impl<T> Queue<T> {
     }
 
     /// The first item.
-    pub(crate) fn front_mut(&mut self) -> Option<&mut T> {
+    pub fn front_mut(&mut self) -> Option<&mut T> {
         match self {
             Queue::Empty => None,
             Queue::One(item) => Some(item),
@@ -73,7 +84,7 @@ impl<T> Queue<T> {
     }
 
     /// The items, first to last.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &T> {
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
         let (one, many) = match self {
             Queue::Empty => (None, None),
             Queue::One(item) => (Some(item), None),
@@ -82,8 +93,22 @@ impl<T> Queue<T> {
         one.into_iter().chain(many.into_iter().flatten())
     }
 
+    /// Removes and returns the item at `index` (0 is the first).
+    pub fn remove(&mut self, index: usize) -> Option<T> {
+        match self {
+            Queue::Many(q) => q.remove(index),
+            Queue::One(_) if index == 0 => self.pop_front(),
+            _ => None,
+        }
+    }
+
+    /// Drops every item and frees the deque, if any.
+    pub fn clear(&mut self) {
+        *self = Queue::Empty;
+    }
+
     /// Whether nothing is queued.
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         match self {
             Queue::Empty => true,
             Queue::One(_) => false,
@@ -94,18 +119,56 @@ impl<T> Queue<T> {
     /// Frees the deque of a drained queue if it has room for more than
     /// `keep` items (`0`: whatever its size). A busy connection keeps a small
     /// deque between bursts; an idle one gives it back.
-    pub(crate) fn release(&mut self, keep: usize) {
+    pub fn release(&mut self, keep: usize) {
         if matches!(self, Queue::Many(q) if q.is_empty() && q.capacity() > keep) {
             *self = Queue::Empty;
         }
     }
 
     /// Bytes allocated on the heap (not counting what the items own).
-    #[cfg(test)]
-    pub(crate) fn heap_size(&self) -> usize {
+    pub fn heap_size(&self) -> usize {
         match self {
             Queue::Many(q) => q.capacity() * mem::size_of::<T>(),
             _ => 0,
+        }
+    }
+}
+
+/// The items of a [`Queue`], first to last, by value.
+#[derive(Debug)]
+pub struct IntoIter<T> {
+    one: Option<T>,
+    many: Option<std::collections::vec_deque::IntoIter<T>>,
+}
+
+impl<T> Iterator for IntoIter<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        self.one
+            .take()
+            .or_else(|| self.many.as_mut().and_then(Iterator::next))
+    }
+}
+
+impl<T> IntoIterator for Queue<T> {
+    type Item = T;
+    type IntoIter = IntoIter<T>;
+
+    fn into_iter(self) -> IntoIter<T> {
+        match self {
+            Queue::Empty => IntoIter {
+                one: None,
+                many: None,
+            },
+            Queue::One(item) => IntoIter {
+                one: Some(item),
+                many: None,
+            },
+            Queue::Many(q) => IntoIter {
+                one: None,
+                many: Some(q.into_iter()),
+            },
         }
     }
 }
@@ -148,6 +211,30 @@ mod tests {
         q.push_back(5);
         q.push_back(6);
         assert_eq!(drain(&mut q), [5, 6]);
+    }
+
+    #[test]
+    fn remove_and_into_iter_keep_the_order() {
+        let mut q = Queue::new();
+        q.push_back(1);
+        assert_eq!(q.remove(1), None);
+        assert_eq!(q.remove(0), Some(1));
+        assert!(q.is_empty());
+        for i in 1..=5 {
+            q.push_back(i);
+        }
+        assert_eq!(q.remove(2), Some(3));
+        assert_eq!(q.into_iter().collect::<Vec<_>>(), [1, 2, 4, 5]);
+        let mut one = Queue::new();
+        one.push_back(9);
+        assert_eq!(one.into_iter().collect::<Vec<_>>(), [9]);
+        assert_eq!(Queue::<u8>::new().into_iter().count(), 0);
+        let mut q = Queue::new();
+        q.push_back(1);
+        q.push_back(2);
+        q.clear();
+        assert!(q.is_empty());
+        assert_eq!(q.heap_size(), 0);
     }
 
     #[test]

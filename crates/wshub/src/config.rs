@@ -289,8 +289,10 @@ impl Builder {
         self
     }
 
-    /// Keep the upgrade request's headers for [`WebSocket::headers`](crate::WebSocket::headers).
-    /// Default is `true`; turn off to save memory per connection.
+    /// Keep the upgrade request's headers (but the handshake's own,
+    /// [`HANDSHAKE_FIELDS`](crate::headers::HANDSHAKE_FIELDS)) for
+    /// [`WebSocket::headers`](crate::WebSocket::headers). Default is `true`;
+    /// turn off to save their size (typically 50 to 800 bytes) per connection.
     pub fn keep_headers(mut self, on: bool) -> Self {
         self.0.keep_headers = on;
         self

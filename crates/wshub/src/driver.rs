@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 use wshub_proto::connection::{Connection, Event, State, Timeout};
+use wshub_proto::queue::Queue;
 use wshub_proto::{CloseCode, CloseFrame};
 
 use crate::socket::{Disconnect, Outbound, Shared};
@@ -403,8 +404,8 @@ where
     /// Hands decoded events to the application; returns the wakers of readers
     /// that now have a message.
     #[must_use]
-    fn dispatch_events(&mut self) -> Vec<std::task::Waker> {
-        let mut wake = Vec::new();
+    fn dispatch_events(&mut self) -> Queue<std::task::Waker> {
+        let mut wake = Queue::new();
         let mut inner = None;
         while let Some(ev) = self.conn.poll_event() {
             match ev {
@@ -487,7 +488,13 @@ where
                 Err(_) => return Poll::Ready(Disconnect::CloseTimeout),
                 Ok(()) => {
                     if self.conn.has_output() {
-                        // A heartbeat ping was queued: go round again to write it.
+                        // A heartbeat ping was queued: the connection may be
+                        // idle, so give back the room of its last burst.
+                        let mut inner = self.shared.lock();
+                        inner.out.release(0);
+                        inner.inbound.release(0);
+                        drop(inner);
+                        // Go round again to write the ping.
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }

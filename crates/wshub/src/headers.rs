@@ -12,6 +12,26 @@
 
 use std::fmt;
 
+/// The fields of the upgrade handshake itself, which the server acts on and
+/// answers, and which say nothing about the client once the connection is
+/// open: a server does not keep them in a connection's [`RequestHeaders`]
+/// (about 130 bytes a connection). `Sec-WebSocket-Protocol` is kept (the
+/// offered list); the chosen one is `WebSocket::protocol`.
+pub const HANDSHAKE_FIELDS: [&str; 5] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+];
+
+/// Whether `name` is one of [`HANDSHAKE_FIELDS`] (ASCII case-insensitive).
+pub fn is_handshake_field(name: &str) -> bool {
+    HANDSHAKE_FIELDS
+        .iter()
+        .any(|f| f.eq_ignore_ascii_case(name))
+}
+
 /// The header fields of an upgrade request, in the order received.
 ///
 /// Names compare ASCII case-insensitively. Values are the raw bytes with the
@@ -65,6 +85,20 @@ impl RequestHeaders {
     /// Packs the fields of a `HeaderMap` (as hyper and axum hand them over).
     pub fn from_header_map(map: &http::HeaderMap) -> RequestHeaders {
         RequestHeaders::from_pairs(map.iter().map(|(n, v)| (n.as_str(), v.as_bytes())))
+    }
+
+    /// Packs the fields of an upgrade request but its
+    /// [handshake fields](HANDSHAKE_FIELDS): what a server keeps.
+    pub fn from_upgrade_request<'a, N, I>(pairs: I) -> RequestHeaders
+    where
+        N: AsRef<str> + 'a,
+        I: IntoIterator<Item = (N, &'a [u8])>,
+    {
+        RequestHeaders::from_pairs(
+            pairs
+                .into_iter()
+                .filter(|(n, _)| !is_handshake_field(n.as_ref())),
+        )
     }
 
     /// Every field as `(name, value)`, in the order received.
@@ -173,6 +207,23 @@ impl<'a> Iterator for Iter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upgrade_request_keeps_all_but_the_handshake_fields() {
+        let h = RequestHeaders::from_upgrade_request([
+            ("Host", &b"example.com"[..]),
+            ("Upgrade", b"websocket"),
+            ("Connection", b"Upgrade"),
+            ("Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+            ("SEC-WEBSOCKET-VERSION", b"13"),
+            ("Sec-WebSocket-Extensions", b"permessage-deflate"),
+            ("Sec-WebSocket-Protocol", b"chat, superchat"),
+            ("Cookie", b"a=1"),
+        ]);
+        let names: Vec<&str> = h.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["Host", "Sec-WebSocket-Protocol", "Cookie"]);
+        assert!(h.get("upgrade").is_none());
+    }
 
     fn sample() -> RequestHeaders {
         RequestHeaders::from_pairs([

@@ -87,7 +87,9 @@ pub struct HandshakeRequest<'a> {
     pub origin: Option<&'a str>,
     /// The resolved client IP.
     pub client_ip: IpAddr,
-    /// All request headers.
+    /// The request headers but the handshake's own
+    /// ([`HANDSHAKE_FIELDS`](crate::headers::HANDSHAKE_FIELDS)), which the
+    /// server has checked.
     pub headers: &'a RequestHeaders,
 }
 
@@ -486,7 +488,7 @@ impl Server {
                 return None;
             }
         };
-        let headers = RequestHeaders::from_pairs(req.iter_headers());
+        let headers = RequestHeaders::from_upgrade_request(req.iter_headers());
         let facts = RequestFacts {
             peer,
             client_ip: resolve_client_ip(peer.ip(), req.iter_headers(), &config.trusted_proxies),

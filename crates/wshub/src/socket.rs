@@ -7,7 +7,6 @@
 //! Receiving pops from an inbound queue the driver fills; when the application
 //! falls behind, the driver stops reading from the socket (TCP backpressure).
 
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -15,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use wshub_proto::queue::Queue;
 use wshub_proto::{CloseCode, Message, PreparedMessage, ProtocolError};
 
 use crate::config::SlowConsumerPolicy;
@@ -194,7 +194,7 @@ impl Outbound {
 
 #[derive(Debug, Default)]
 pub(crate) struct Inner {
-    pub(crate) out: VecDeque<Outbound>,
+    pub(crate) out: Queue<Outbound>,
     /// Payload bytes in `out`.
     pub(crate) out_bytes: usize,
     /// Bytes the driver has encoded but not yet written.
@@ -204,10 +204,10 @@ pub(crate) struct Inner {
     pub(crate) terminate: bool,
     pub(crate) slow: bool,
     pub(crate) driver: Option<Waker>,
-    pub(crate) inbound: VecDeque<Message>,
+    pub(crate) inbound: Queue<Message>,
     pub(crate) inbound_bytes: usize,
     /// Tasks waiting in `recv` (usually one; clones may each wait).
-    pub(crate) readers: Vec<Waker>,
+    pub(crate) readers: Queue<Waker>,
     pub(crate) ended: Option<Disconnect>,
     pub(crate) handles: usize,
     pub(crate) dropped: u64,
@@ -386,8 +386,9 @@ impl WebSocket {
     }
 
     /// The upgrade request's headers (unless [`keep_headers`](crate::config::Builder::keep_headers)
-    /// was turned off). [`RequestHeaders::to_header_map`] turns them into an
-    /// `http::HeaderMap`.
+    /// was turned off), but for the handshake's own fields
+    /// ([`HANDSHAKE_FIELDS`](crate::headers::HANDSHAKE_FIELDS)).
+    /// [`RequestHeaders::to_header_map`] turns them into an `http::HeaderMap`.
     pub fn headers(&self) -> Option<&RequestHeaders> {
         self.shared.info.headers.as_ref()
     }
@@ -510,7 +511,7 @@ impl WebSocket {
             return Poll::Ready(None);
         }
         if !inner.readers.iter().any(|w| w.will_wake(cx.waker())) {
-            inner.readers.push(cx.waker().clone());
+            inner.readers.push_back(cx.waker().clone());
         }
         Poll::Pending
     }

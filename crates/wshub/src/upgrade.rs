@@ -85,7 +85,9 @@ fn prepare(
             client_ip,
             path: uri.path().to_owned(),
             query: uri.query().map(str::to_owned),
-            headers: RequestHeaders::from_header_map(headers),
+            headers: RequestHeaders::from_upgrade_request(
+                headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+            ),
         },
         on_upgrade,
     })
