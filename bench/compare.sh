@@ -24,7 +24,8 @@
 #   --quick          a smoke run: the defaults above, a short idle hold, and
 #                    COMPARISON.md says in its first line that it is one
 #   --cases LIST     comma-separated subset of: echo-100x64, echo-1000x64,
-#                    echo-100x16k, fanout-1000, fanout-5000, idle, hub-5000
+#                    echo-100x16k, fanout-1000, fanout-5000, fanout-5000-r20,
+#                    idle, hub-5000
 #   --idle-connections N   idle connections (default 19500)
 #   --hold S         seconds the idle connections are held (default 15;
 #                    --quick: 6); wshub's heartbeat pings every 5 s meanwhile
@@ -58,7 +59,7 @@ fi
 for n in "$repeats" "$seconds" "$hold" "$idle_conns"; do
   case $n in '' | *[!0-9]* | 0) echo "counts and durations must be positive integers, got '$n'" >&2; exit 2 ;; esac
 done
-all_cases="echo-100x64 echo-1000x64 echo-100x16k fanout-1000 fanout-5000 idle hub-5000"
+all_cases="echo-100x64 echo-1000x64 echo-100x16k fanout-1000 fanout-5000 fanout-5000-r20 idle hub-5000"
 cases=${only//,/ }
 cases=${cases:-$all_cases}
 for c in $cases; do
@@ -199,7 +200,12 @@ if [ ${#echo_cases[@]} -gt 0 ]; then
 fi
 
 fanout_cases=()
-for c in fanout-1000:1000 fanout-5000:5000; do
+# NAME:RECEIVERS:PACING. Saturation (-w 8): the sender keeps 8 messages
+# ahead of the slowest receiver. A fixed 20 messages/s (--rate 20): the hub
+# case's offered load (100,000 deliveries/s), the peers' side of its
+# comparison: at a low rate every delivery is a write of its own, at
+# saturation many share one, so the two are not comparable.
+for c in fanout-1000:1000:-w8 fanout-5000:5000:-w8 fanout-5000-r20:5000:--rate20; do
   wanted "${c%%:*}" && fanout_cases+=("$c")
 done
 if [ ${#fanout_cases[@]} -gt 0 ]; then
@@ -207,12 +213,15 @@ if [ ${#fanout_cases[@]} -gt 0 ]; then
   declare -A spid sport
   for s in "${servers[@]}"; do start "$s" broadcast; spid[$s]=$pid; sport[$s]=$port; done
   for c in "${fanout_cases[@]}"; do
-    IFS=: read -r name receivers <<<"$c"
+    IFS=: read -r name receivers pacing <<<"$c"
+    case $pacing in
+      -w8) pace=(-w 8) ;;
+      --rate20) pace=(--rate 20) ;;
+    esac
     for r in $(seq "$repeats"); do
       for s in $(order "$r"); do
-        # Saturation: the sender keeps 8 messages ahead of the slowest receiver.
         run "$name" fanout "$s" "$r" "${spid[$s]}" "${sport[$s]}" \
-          fanout "ws://127.0.0.1:${sport[$s]}/" -r "$receivers" -w 8 -s 64 -d "$seconds" --drain 5
+          fanout "ws://127.0.0.1:${sport[$s]}/" -r "$receivers" "${pace[@]}" -s 64 -d "$seconds" --drain 5
       done
     done
   done
