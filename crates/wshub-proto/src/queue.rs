@@ -7,7 +7,7 @@
 //! of a heartbeat, the pong that answers it, one reply, one decoded message.
 //! A `VecDeque` allocates room for four on its first push and keeps that
 //! room, so every connection that ever saw a ping carried two allocations it
-//! no longer used (288 bytes; a seventh of an idle connection's memory). A
+//! no longer used (288 bytes of the 2,759 an idle connection took). A
 //! `Queue` keeps a single item inline and only allocates a `VecDeque` for a
 //! second one; [`Queue::release`] frees a drained `VecDeque`.
 

@@ -301,12 +301,12 @@ impl Shared {
         Ok(dropped)
     }
 
-    /// Records the end of the connection (once) and wakes everyone waiting.
     /// Why the connection ended, once it has.
     pub(crate) fn ended_reason(&self) -> Option<Disconnect> {
         self.lock().ended.clone()
     }
 
+    /// Records the end of the connection (once) and wakes everyone waiting.
     pub(crate) fn mark_ended(&self, reason: Disconnect) {
         let readers = {
             let mut inner = self.lock();
