@@ -16,7 +16,8 @@
 # after the run.
 #
 #   bench/compare.sh [--repeats N] [--seconds S] [--quick] [--cases LIST]
-#                    [--idle-connections N] [--hold S] [--out FILE.md]
+#                    [--idle-connections N] [--deflate-connections N]
+#                    [--hold S] [--out FILE.md]
 #
 #   --repeats N      runs of each case per server (default 3; --quick: 1)
 #   --seconds S      measured seconds of each echo, fan-out and hub run
@@ -25,8 +26,11 @@
 #                    COMPARISON.md says in its first line that it is one
 #   --cases LIST     comma-separated subset of: echo-100x64, echo-1000x64,
 #                    echo-100x16k, fanout-1000, fanout-5000, fanout-5000-r20,
-#                    idle, hub-5000
+#                    idle, hub-5000, deflate-fanout-5000,
+#                    deflate-fanout-5000-r20, deflate-idle
 #   --idle-connections N   idle connections (default 19500)
+#   --deflate-connections N   connections of deflate-idle (default 5000: each
+#                    generator connection keeps its own compressor, ~300 KiB)
 #   --hold S         seconds the idle connections are held (default 15;
 #                    --quick: 6); wshub's heartbeat pings every 5 s meanwhile
 #   --out FILE.md    where the Markdown goes (default bench/COMPARISON.md; the
@@ -36,7 +40,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
 invocation="bench/compare.sh${*:+ $*}"
 
-repeats= seconds= hold= quick=0 idle_conns=19500 only= out_md=bench/COMPARISON.md
+repeats= seconds= hold= quick=0 idle_conns=19500 deflate_conns=5000 only= out_md=bench/COMPARISON.md
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case $1 in
@@ -46,6 +50,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1; shift ;;
     --cases) only=$2; shift 2 ;;
     --idle-connections) idle_conns=$2; shift 2 ;;
+    --deflate-connections) deflate_conns=$2; shift 2 ;;
     --out) out_md=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
@@ -56,10 +61,12 @@ if [ "$quick" = 1 ]; then
 else
   repeats=${repeats:-3} seconds=${seconds:-10} hold=${hold:-15}
 fi
-for n in "$repeats" "$seconds" "$hold" "$idle_conns"; do
+for n in "$repeats" "$seconds" "$hold" "$idle_conns" "$deflate_conns"; do
   case $n in '' | *[!0-9]* | 0) echo "counts and durations must be positive integers, got '$n'" >&2; exit 2 ;; esac
 done
-all_cases="echo-100x64 echo-1000x64 echo-100x16k fanout-1000 fanout-5000 fanout-5000-r20 idle hub-5000"
+all_cases="echo-100x64 echo-1000x64 echo-100x16k fanout-1000 fanout-5000 fanout-5000-r20 idle hub-5000
+  deflate-fanout-5000 deflate-fanout-5000-r20 deflate-idle"
+all_cases=$(echo $all_cases)
 cases=${only//,/ }
 cases=${cases:-$all_cases}
 for c in $cases; do
@@ -269,6 +276,53 @@ TOML
       --publishers 1 --rate 20 -s 64 -d "$seconds" --drain 5
   done
   stop "$pid"
+fi
+
+# permessage-deflate (wshub only): the same server with and without
+# compression negotiated, alternating. Fan-out: the broadcast example (deflate
+# on for clients that offer it), the generator's receivers offering it with
+# --deflate; the frame is compressed once per message for all of them.
+# Memory: a fresh echo server per run; with --deflate each connection sends
+# one 40 KiB compressed message and gets its echo before it goes idle, so the
+# server's decompressor has filled its window (the client keeps its context,
+# as browsers do).
+deflate_fanout=()
+for c in deflate-fanout-5000:-w8 deflate-fanout-5000-r20:--rate20; do
+  wanted "${c%%:*}" && deflate_fanout+=("$c")
+done
+if [ ${#deflate_fanout[@]} -gt 0 ]; then
+  echo "== permessage-deflate fan-out: ${deflate_fanout[*]%%:*} ($repeats × $seconds s each, off and on)"
+  start wshub broadcast
+  for c in "${deflate_fanout[@]}"; do
+    IFS=: read -r name pacing <<<"$c"
+    case $pacing in
+      -w8) pace=(-w 8) ;;
+      --rate20) pace=(--rate 20) ;;
+    esac
+    for r in $(seq "$repeats"); do
+      for variant in wshub wshub+deflate; do
+        flag=()
+        [ "$variant" = wshub+deflate ] && flag=(--deflate)
+        run "$name" fanout "$variant" "$r" "$pid" "$port" \
+          fanout "ws://127.0.0.1:$port/" -r 5000 "${pace[@]}" -s 64 -d "$seconds" --drain 5 "${flag[@]}"
+      done
+    done
+  done
+  stop "$pid"
+fi
+if wanted deflate-idle; then
+  echo "== permessage-deflate memory: $deflate_conns connections held $hold s, off and on"
+  for r in $(seq "$repeats"); do
+    for variant in wshub wshub+deflate; do
+      flag=()
+      [ "$variant" = wshub+deflate ] && flag=(--deflate)
+      start wshub echo WSHUB_EXAMPLE_PING_MS=5000
+      sleep 0.5
+      run deflate-idle idle "$variant" "$r" "$pid" "$port" \
+        idle "ws://127.0.0.1:$port/" -c "$deflate_conns" --hold "$hold" "${flag[@]}"
+      stop "$pid"
+    done
+  done
 fi
 cat /proc/loadavg >"$work/load-end"
 

@@ -21,7 +21,8 @@ import statistics
 import subprocess
 import sys
 
-SERVERS = ["wshub", "ws", "tokio-tungstenite", "fastwebsockets"]
+SERVERS = ["wshub", "ws", "tokio-tungstenite", "fastwebsockets", "wshub+deflate"]
+PEERS = ["ws", "tokio-tungstenite", "fastwebsockets"]
 CASES = {
     "echo-100x64": ("echo", "echo, 100 connections × 64 B"),
     "echo-1000x64": ("echo", "echo, 1000 connections × 64 B"),
@@ -31,7 +32,15 @@ CASES = {
     "fanout-5000-r20": ("fanout", "fan-out to 5,000 receivers × 64 B at 20 messages/s"),
     "idle": ("idle", "idle connections"),
     "hub-5000": ("hub", "hub: 5,000 subscribers of one channel × 64 B"),
+    "deflate-fanout-5000": ("fanout", "permessage-deflate: fan-out to 5,000 receivers × 64 B"),
+    "deflate-fanout-5000-r20": ("fanout", "permessage-deflate: fan-out to 5,000 receivers × 64 B "
+                                "at 20 messages/s"),
+    "deflate-idle": ("idle", "permessage-deflate: idle connections after one 40 KiB message"),
 }
+
+
+def is_deflate(case_id):
+    return case_id.startswith("deflate-")
 
 
 def median(values):
@@ -191,7 +200,7 @@ def targets(rows):
                 ratio = w["cpu_us_per_msg"] / peer["cpu_us_per_msg"]
                 met &= ratio <= limit
                 parts.append(f"CPU/msg {ratio:.2f}× {possessive(peer['server'])} (target ≤ {limit}×)")
-        peers = [get(case, s) for s in SERVERS[1:]]
+        peers = [get(case, s) for s in PEERS]
         best = max((p["throughput"] for p in peers if p and p.get("throughput")), default=None)
         if best:
             met &= w["throughput"] >= best
@@ -215,7 +224,7 @@ def targets(rows):
                 met &= ratio >= limit
                 parts.append(f"deliveries per server CPU-second {ratio:.2f}× {possessive(name)} "
                              f"(target ≥ {limit}×)")
-        p99s = [get(peer_case, s) for s in SERVERS[1:]]
+        p99s = [get(peer_case, s) for s in PEERS]
         worst = [p["p99_ms"] for p in p99s if p and p.get("p99_ms") is not None]
         if worst and w.get("p99_ms") is not None:
             met &= w["p99_ms"] <= min(worst)
@@ -234,6 +243,23 @@ def targets(rows):
                     f"connections with heartbeat on (target ≤ 2,048 B); extrapolated to "
                     f"1,000,000 connections: {million:.2f} GiB "
                     f"({mib(w['rss_before']):.1f} MiB base + {per:,.0f} B × 10⁶)", per <= 2048))
+    # permessage-deflate: the same server and load with compression negotiated
+    # and without, measured alternately in the same run.
+    for case in ("deflate-fanout-5000", "deflate-fanout-5000-r20"):
+        off, on = get(case, "wshub"), get(case, "wshub+deflate")
+        if off and on and off.get("cpu_us_per_msg") and on.get("cpu_us_per_msg"):
+            ratio = on["cpu_us_per_msg"] / off["cpu_us_per_msg"]
+            out.append((f"{CASES[case][1]}: server CPU per delivery with compression "
+                        f"{on['cpu_us_per_msg']:.2f} µs vs {off['cpu_us_per_msg']:.2f} µs without, "
+                        f"{ratio:.2f}× (target ≤ 1.5×)", ratio <= 1.5))
+    off, on = get("deflate-idle", "wshub"), get("deflate-idle", "wshub+deflate")
+    if off and on and off.get("bytes_per_conn") is not None and on.get("bytes_per_conn") is not None:
+        extra = on["bytes_per_conn"] - off["bytes_per_conn"]
+        out.append((f"{CASES['deflate-idle'][1]}: {on['bytes_per_conn']:,.0f} B per connection "
+                    f"with compression vs {off['bytes_per_conn']:,.0f} B without at "
+                    f"{on['connections']:,.0f} connections: {extra:,.0f} B "
+                    f"({extra / 1024:.1f} KiB) extra per compressing connection "
+                    "(target ≤ 64 KiB)", extra <= 64 * 1024))
     return out
 
 
@@ -313,8 +339,8 @@ def main():
           "core and \"gen %\" the generator's, over the window.",
           ""]
 
-    def table(kind, head, cells):
-        sel = [r for r in rows if r["kind"] == kind]
+    def table(kind, head, cells, deflate=False):
+        sel = [r for r in rows if r["kind"] == kind and is_deflate(r["case_id"]) == deflate]
         if not sel:
             return
         L.append("| " + " | ".join(head) + " |")
@@ -338,18 +364,38 @@ def main():
                      "server CPU µs/delivery", "deliveries per server CPU-s", "core %", "gen %",
                      "RSS MiB", "lost+dup+ooo+errors", "runs ok"], loaded)
     L += ["## Idle connections", ""]
-    table("idle", ["server", "connections", "RSS before MiB", "RSS all open MiB",
-                   "RSS end of hold MiB", "bytes per connection", "pings answered",
-                   "dropped", "runs ok"],
-          lambda r: [r["server"], fmt(r.get("connections")), fmt(mib(r.get("rss_before")), ".1f"),
-                     fmt(mib(r.get("rss_open")), ".1f"), fmt(mib(r.get("rss_end")), ".1f"),
-                     fmt(r.get("bytes_per_conn")), fmt(r.get("pings_answered")),
-                     fmt(r.get("dropped"), "d"), f"{r['runs_ok']}/{r['runs']}"])
+    idle_head = ["server", "connections", "RSS before MiB", "RSS all open MiB",
+                 "RSS end of hold MiB", "bytes per connection", "pings answered",
+                 "dropped", "runs ok"]
+
+    def idle_cells(r):
+        return [r["server"], fmt(r.get("connections")), fmt(mib(r.get("rss_before")), ".1f"),
+                fmt(mib(r.get("rss_open")), ".1f"), fmt(mib(r.get("rss_end")), ".1f"),
+                fmt(r.get("bytes_per_conn")), fmt(r.get("pings_answered")),
+                fmt(r.get("dropped"), "d"), f"{r['runs_ok']}/{r['runs']}"]
+
+    table("idle", idle_head, idle_cells)
     L += ["## Hub fan-out (wshub only)", ""]
     table("hub", ["case", "server", "deliveries/s", "p50 ms", "p99 ms",
                   "server CPU µs/delivery", "deliveries per server CPU-s", "core %", "gen %",
                   "RSS MiB", "lost+dup+ooo+errors", "runs ok"], loaded)
 
+    if any(is_deflate(r["case_id"]) for r in rows):
+        L += ["## permessage-deflate (wshub only)", "",
+              "The same server with compression negotiated (`wshub+deflate`: the generator "
+              "offers permessage-deflate with `--deflate`, default parameters) and without "
+              "(`wshub`), alternating in the same run. Fan-out: the `broadcast` example, which "
+              "compresses each message once for all receivers (the 64 B payload deflates to "
+              "47 B). Memory: a fresh `echo` server per run; each `--deflate` connection sends "
+              "one 40 KiB compressed message and gets its echo before it goes idle, so the "
+              "server's decompressor has used its whole 32 KiB window (the client keeps its "
+              "compression context, as browsers do, so the server keeps a decompressor per "
+              "connection).", ""]
+        table("fanout", ["case", "server", "deliveries/s", "p50 ms", "p99 ms",
+                         "server CPU µs/delivery", "deliveries per server CPU-s", "core %",
+                         "gen %", "RSS MiB", "lost+dup+ooo+errors", "runs ok"], loaded,
+              deflate=True)
+        table("idle", idle_head, idle_cells, deflate=True)
     L += ["## Issue-4 targets", ""]
     if a.quick:
         L += ["(Computed from the smoke figures: they say nothing yet.)", ""]

@@ -4,6 +4,7 @@
 //! in-memory broker for `hub`, and three `wshub serve` nodes on a Redis for
 //! `hub` with several URLs — and its `--json` summary must show traffic and
 //! no lost, duplicate or out-of-order message. A non-loopback target is refused.
+//! With `--deflate`, compression must be negotiated or the run fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -40,8 +41,13 @@ async fn bind() -> (TcpListener, SocketAddr) {
 
 /// A relay server: like the `broadcast` example (or echo, when `echo`).
 async fn server(echo: bool) -> Running {
+    server_with(echo, false).await
+}
+
+/// [`server`], with permessage-deflate on when `deflate`.
+async fn server_with(echo: bool, deflate: bool) -> Running {
     let (listener, addr) = bind().await;
-    let server = Server::new(Config::default());
+    let server = Server::new(Config::builder().deflate(deflate).build());
     let clients = server.clients().clone();
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -381,6 +387,84 @@ async fn idle_connections_from_spread_sources() {
     assert_eq!(v["dropped"], 0);
     assert_eq!(v["spread_sources"], true);
     assert!(v["server_rss_open"].as_u64().unwrap() > 0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deflate_must_be_negotiated() {
+    let on = server_with(false, true).await;
+    let url = format!("ws://{}/", on.addr);
+    let (ok, out, v) = bench(
+        "fanout-deflate",
+        &["fanout", &url, "-r", "4", "-w", "4", "-d", "1", "--deflate"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let v = v.unwrap();
+    assert_clean(&v, "deliveries");
+    assert_eq!(v["deflate"], true, "{v}");
+
+    let on = server_with(true, true).await;
+    let url = format!("ws://{}/", on.addr);
+    let (ok, out, v) = bench(
+        "echo-deflate",
+        &[
+            "echo",
+            &url,
+            "-c",
+            "3",
+            "-w",
+            "2",
+            "-s",
+            "300",
+            "-d",
+            "1",
+            "--deflate",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let v = v.unwrap();
+    assert!(v["messages"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["errors"], 0, "{v}");
+    assert_eq!(v["deflate"], true, "{v}");
+
+    // A server without permessage-deflate: the run fails, it does not quietly
+    // measure without compression.
+    let off = server(false).await;
+    let url = format!("ws://{}/", off.addr);
+    let (ok, out, _) = bench(
+        "fanout-no-deflate",
+        &["fanout", &url, "-r", "2", "-d", "1", "--deflate"],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("did not accept permessage-deflate"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_with_deflate_echoes_one_compressed_message_each() {
+    let on = server_with(true, true).await;
+    let url = format!("ws://{}/", on.addr);
+    let (ok, out, v) = bench(
+        "idle-deflate",
+        &["idle", &url, "-c", "20", "--hold", "1", "--deflate"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let v = v.unwrap();
+    assert_eq!(v["opened"], 20, "{v}");
+    assert_eq!(v["deflate_echoed"], 20, "{v}");
+    assert_eq!(v["dropped"], 0, "{v}");
+
+    let off = server(true).await;
+    let url = format!("ws://{}/", off.addr);
+    let (ok, out, _) = bench(
+        "idle-no-deflate",
+        &["idle", &url, "-c", "3", "--hold", "1", "--deflate"],
+    )
+    .await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("did not accept permessage-deflate"), "{out}");
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! Seed: "服务端向客户端广播" — every message from a client goes to every other open
-//! client, not back to the sender. The frame is encoded once for all receivers.
+//! client, not back to the sender. The frame is encoded once for all receivers,
+//! and with permessage-deflate (on, for clients that offer it) compressed once
+//! for all the receivers that negotiated it.
 //!
 //! ```text
 //! cargo run --release --example broadcast -- 127.0.0.1:8080
@@ -17,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
 
-    let server = Server::new(Config::default());
+    let server = Server::new(Config::builder().deflate(true).build());
     let clients = server.clients().clone();
     let handler = move |mut ws: wshub::WebSocket| {
         let clients = clients.clone();

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::BytesMut;
 use clap::Args;
-use wshub::client::ClientBuilder;
 use wshub::CloseCode;
 
 use super::payload::Frames;
@@ -64,10 +63,12 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         latency: AtomicHistogram::new(),
         frames: Frames::new(args.size, args.binary)?,
     });
-    let builder = ClientBuilder::new();
+    let builder = args.common.client();
     let mut sockets = Vec::with_capacity(args.connections);
-    for _ in 0..args.connections {
-        sockets.push(builder.connect(&args.url).await.context("connecting")?);
+    for i in 0..args.connections {
+        let ws = builder.connect(&args.url).await.context("connecting")?;
+        args.common.check_deflate(&ws, &format!("connection {i}"))?;
+        sockets.push(ws);
     }
     let mut tasks = Vec::with_capacity(sockets.len());
     for (i, ws) in sockets.into_iter().enumerate() {
@@ -124,6 +125,7 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
             args.url
         ),
     );
+    args.common.describe(&mut r);
     r.field("url", args.url.as_str());
     r.field("connections", args.connections);
     r.field("window", args.window);

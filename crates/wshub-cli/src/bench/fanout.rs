@@ -17,7 +17,6 @@ use anyhow::{bail, Context};
 use bytes::BytesMut;
 use clap::Args;
 use tokio::sync::{watch, Notify};
-use wshub::client::ClientBuilder;
 use wshub::{CloseCode, WebSocket};
 
 use super::payload::Frames;
@@ -103,11 +102,12 @@ pub(super) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         progress: Notify::new(),
         window_mode: args.window.is_some(),
     });
-    let builder = ClientBuilder::new();
+    let builder = args.common.client();
     let sender = builder
         .connect(&args.url)
         .await
         .context("connecting the sender")?;
+    args.common.check_deflate(&sender, "the sender")?;
     let (finish_tx, finish_rx) = watch::channel::<Finish>(None);
     let mut receivers = Vec::with_capacity(args.receivers);
     for i in 0..args.receivers {
@@ -115,6 +115,7 @@ pub(super) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             .connect(&args.url)
             .await
             .with_context(|| format!("connecting receiver {i}"))?;
+        args.common.check_deflate(&ws, &format!("receiver {i}"))?;
         let shared = Arc::clone(&shared);
         let finish = finish_rx.clone();
         receivers.push(tokio::spawn(receiver(i, ws, shared, finish)));
@@ -238,6 +239,7 @@ pub(super) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             args.url
         ),
     );
+    args.common.describe(&mut r);
     r.field("url", args.url.as_str());
     r.field("receivers", args.receivers);
     r.field("rate", args.window.map_or(Some(args.rate), |_| None));

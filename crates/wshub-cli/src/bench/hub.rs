@@ -28,7 +28,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::watch;
-use wshub::client::ClientBuilder;
 use wshub::hub::auth::{ClaimsBuilder, Minter};
 use wshub::{CloseCode, Message, WebSocket};
 
@@ -187,7 +186,7 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
     });
 
     // Subscribers: connect, subscribe, then read in their own task.
-    let builder = ClientBuilder::new().protocols(["wshub.v1"]);
+    let builder = args.common.client().protocols(["wshub.v1"]);
     let (finish_tx, finish_rx) = watch::channel::<Option<tokio::time::Instant>>(None);
     let mut subscribers = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
@@ -196,6 +195,7 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
             .connect(ws_url)
             .await
             .with_context(|| format!("connecting subscriber {i} to {ws_url}"))?;
+        args.common.check_deflate(&ws, &format!("subscriber {i}"))?;
         hub_connect(&mut ws, token(i)?.as_deref())
             .await
             .with_context(|| format!("subscriber {i}"))?;
@@ -323,6 +323,7 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
             base
         ),
     );
+    args.common.describe(&mut r);
     r.field("url", urls[0].trim_end_matches('/'));
     r.field(
         "urls",

@@ -9,6 +9,14 @@
 //! sans-IO core (`ClientRequest`, `parse_response`) and each connection is a
 //! client-role `wshub_proto::Connection` that answers the server's heartbeat
 //! pings. The soft `RLIMIT_NOFILE` is raised to the hard limit first.
+//!
+//! With `--deflate` each connection negotiates permessage-deflate, sends one
+//! compressed message and waits for its echo before it goes idle, so that the
+//! server holds whatever state a connection that has used compression keeps:
+//! the difference from a run without `--deflate` is the extra memory of a
+//! compressing connection. The offer is the library client's default (the
+//! client keeps its context, as browsers do), which obliges the server to keep
+//! a decompressor per connection.
 
 use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -21,8 +29,9 @@ use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use wshub::proto::deflate::{client_accept, client_offer, DeflateConfig, DeflateParams};
 use wshub::proto::handshake::{parse_response, ClientRequest};
-use wshub::proto::{connection, CloseCode, Connection, Event, Limits, Role};
+use wshub::proto::{connection, CloseCode, Connection, Event, Limits, Message, Role};
 
 use super::stats::{group, Progress, Report};
 use super::{check_loopback, process_rss, CommonArgs};
@@ -52,6 +61,32 @@ struct Target {
     addr: SocketAddr,
     host_header: String,
     path: String,
+    /// permessage-deflate to offer (`--deflate`).
+    deflate: Option<DeflateConfig>,
+}
+
+/// Size of the message a `--deflate` connection sends once: more than the
+/// largest deflate window (32 KiB), so the server's decompressor has used its
+/// whole window, the most a compressing connection can make it hold.
+const DEFLATE_PROBE_LEN: usize = 40 * 1024;
+
+/// The message a `--deflate` connection sends once and expects back: chat-like
+/// JSON lines, so that it compresses as real traffic does.
+fn deflate_probe() -> &'static str {
+    static PROBE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PROBE.get_or_init(|| {
+        let mut text = String::with_capacity(DEFLATE_PROBE_LEN + 128);
+        let mut seq = 0u64;
+        while text.len() < DEFLATE_PROBE_LEN {
+            text.push_str(&format!(
+                "{{\"type\":\"message\",\"room\":\"lobby-{}\",\"user\":\"user-{}\",\"seq\":{seq},\"text\":\"message {seq} of the idle benchmark\"}}\n",
+                seq % 7,
+                seq * 7919 % 1000
+            ));
+            seq += 1;
+        }
+        text
+    })
 }
 
 fn target(url: &str) -> anyhow::Result<(String, u16, String, String)> {
@@ -83,6 +118,8 @@ struct Counters {
     failed: Arc<AtomicU64>,
     pings: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
+    /// `--deflate`: connections whose compressed message came back intact.
+    echoed: Arc<AtomicU64>,
     first_error: std::sync::Mutex<Option<String>>,
 }
 
@@ -112,6 +149,7 @@ pub(super) async fn run(args: IdleArgs) -> anyhow::Result<()> {
         addr,
         host_header,
         path,
+        deflate: args.common.deflate.then(DeflateConfig::default),
     });
     let rss_before = args.common.server_pid.map(process_rss).transpose()?;
     let counters = Arc::new(Counters::default());
@@ -134,9 +172,13 @@ pub(super) async fn run(args: IdleArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| Err(anyhow::anyhow!("the handshake timed out")));
             drop(permit);
             match stream {
-                Ok((tcp, leftover)) => {
+                Ok((tcp, leftover, params)) => {
                     counters.open.fetch_add(1, Ordering::AcqRel);
-                    hold(tcp, leftover, release, &counters).await;
+                    let mut config = connection::Config::new(Role::Client).with_deflate(params);
+                    if let Some(d) = &target.deflate {
+                        config = config.with_compression(d.compression_level, d.min_message_size);
+                    }
+                    hold(tcp, leftover, config, release, &counters).await;
                 }
                 Err(e) => {
                     counters.failed.fetch_add(1, Ordering::AcqRel);
@@ -174,6 +216,14 @@ pub(super) async fn run(args: IdleArgs) -> anyhow::Result<()> {
     }
     let connect_time = connect_start.elapsed();
     let opened = counters.open.load(Ordering::Acquire);
+    if args.common.deflate {
+        // Every connection's compressed message should come back before the
+        // memory is measured; bounded, a missing echo is reported below.
+        let echo_deadline = Instant::now() + Duration::from_secs(10);
+        while counters.echoed.load(Ordering::Acquire) < opened && Instant::now() < echo_deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     // Let the server finish registering the last connections.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_open = args.common.server_pid.map(process_rss).transpose()?;
@@ -200,6 +250,7 @@ pub(super) async fn run(args: IdleArgs) -> anyhow::Result<()> {
             if spread { " from 127.0.0.2-254" } else { "" }
         ),
     );
+    args.common.describe(&mut r);
     r.field("url", args.url.as_str());
     r.field("connections", args.connections);
     r.field("hold_seconds", hold_time.as_secs());
@@ -217,6 +268,10 @@ pub(super) async fn run(args: IdleArgs) -> anyhow::Result<()> {
         (connect_time.as_secs_f64() * 1000.0).round() / 1000.0,
     );
     r.count("closed by the server during hold", "dropped", dropped);
+    let echoed = counters.echoed.load(Ordering::Acquire);
+    if args.common.deflate {
+        r.count("compressed messages echoed", "deflate_echoed", echoed);
+    }
     r.count(
         "heartbeat pings answered",
         "pings_answered",
@@ -253,12 +308,23 @@ pub(super) async fn run(args: IdleArgs) -> anyhow::Result<()> {
     if failed > 0 {
         bail!("{failed} connections failed");
     }
+    if args.common.deflate && echoed < opened {
+        bail!(
+            "{} of {opened} connections did not get their compressed message back (is {} an echo server?)",
+            opened - echoed,
+            args.url
+        );
+    }
     Ok(())
 }
 
 /// TCP connect (from `source` when given) and the upgrade handshake. Returns
-/// the stream and any bytes read past the response head.
-async fn open(target: &Target, source: Option<IpAddr>) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+/// the stream, any bytes read past the response head, and the negotiated
+/// permessage-deflate parameters (an error if `--deflate` was declined).
+async fn open(
+    target: &Target,
+    source: Option<IpAddr>,
+) -> anyhow::Result<(TcpStream, Vec<u8>, Option<DeflateParams>)> {
     let socket = if target.addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -275,11 +341,12 @@ async fn open(target: &Target, source: Option<IpAddr>) -> anyhow::Result<(TcpStr
         .with_context(|| format!("connecting to {}", target.addr))?;
     let _ = tcp.set_nodelay(true);
     let mut request = Vec::with_capacity(256);
+    let offer = target.deflate.as_ref().map(client_offer);
     let key = ClientRequest {
         host: &target.host_header,
         path: &target.path,
         protocols: &[],
-        extensions: None,
+        extensions: offer.as_deref(),
         headers: &[],
     }
     .write(&mut request);
@@ -288,10 +355,17 @@ async fn open(target: &Target, source: Option<IpAddr>) -> anyhow::Result<(TcpStr
     let mut buf = Vec::with_capacity(512);
     loop {
         if let Some(r) = parse_response(&buf, &limits, &key, &[])? {
-            if !r.extensions.is_empty() {
-                bail!("the server answered with extensions that were not offered");
-            }
-            return Ok((tcp, buf.split_off(r.len)));
+            let params = match &target.deflate {
+                Some(config) => Some(
+                    client_accept(&r.extensions, config)?
+                        .context("the server did not accept permessage-deflate (--deflate)")?,
+                ),
+                None if !r.extensions.is_empty() => {
+                    bail!("the server answered with extensions that were not offered")
+                }
+                None => None,
+            };
+            return Ok((tcp, buf.split_off(r.len), params));
         }
         if tcp.read_buf(&mut buf).await? == 0 {
             bail!("the server closed the connection during the handshake");
@@ -299,17 +373,25 @@ async fn open(target: &Target, source: Option<IpAddr>) -> anyhow::Result<(TcpStr
     }
 }
 
-/// Holds one connection: answers pings until released, then closes.
+/// Holds one connection: answers pings until released, then closes. With
+/// deflate on it first sends [`deflate_probe`] and counts its echo.
 async fn hold(
     mut tcp: TcpStream,
     mut leftover: Vec<u8>,
+    config: connection::Config,
     mut release: watch::Receiver<bool>,
     counters: &Counters,
 ) {
-    let mut conn = Connection::new(
-        connection::Config::new(Role::Client),
-        tokio::time::Instant::now().into_std(),
-    );
+    let compressing = config.deflate.is_some();
+    let mut conn = Connection::new(config, tokio::time::Instant::now().into_std());
+    if compressing
+        && conn
+            .send(Message::from(deflate_probe().to_owned()))
+            .is_err()
+    {
+        counters.dropped.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     let mut buf = [0u8; 512];
     let mut released = false;
     let mut input: Option<usize> = None;
@@ -327,6 +409,9 @@ async fn hold(
             match ev {
                 Event::Ping(_) => {
                     counters.pings.fetch_add(1, Ordering::Relaxed);
+                }
+                Event::Message(m) if compressing && m.as_text() == Some(deflate_probe()) => {
+                    counters.echoed.fetch_add(1, Ordering::Relaxed);
                 }
                 Event::Close(_) if !released => {
                     counters.dropped.fetch_add(1, Ordering::Relaxed);

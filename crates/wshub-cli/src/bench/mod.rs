@@ -30,6 +30,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use wshub::client::ClientBuilder;
+use wshub::WebSocket;
 
 /// `wshub bench` modes.
 #[derive(Subcommand, Debug)]
@@ -65,6 +67,36 @@ pub(crate) struct CommonArgs {
     /// Runtime threads of the generator (1 = a single-threaded runtime).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Offer permessage-deflate (RFC 7692, default parameters) on every
+    /// connection, and fail if the server does not accept it.
+    #[arg(long)]
+    deflate: bool,
+}
+
+impl CommonArgs {
+    /// A client builder with these options (`--deflate`).
+    pub(crate) fn client(&self) -> ClientBuilder {
+        ClientBuilder::new().deflate(self.deflate)
+    }
+
+    /// Fails when `--deflate` was given and the server did not accept it: a
+    /// run meant to measure compression must not quietly measure without it.
+    pub(crate) fn check_deflate(&self, ws: &WebSocket, what: &str) -> anyhow::Result<()> {
+        if self.deflate && !ws.is_compressed() {
+            bail!("{what}: the server did not accept permessage-deflate (--deflate)");
+        }
+        Ok(())
+    }
+
+    /// Records in the report whether permessage-deflate was on.
+    pub(crate) fn describe(&self, report: &mut stats::Report) {
+        report.row(
+            "permessage-deflate",
+            if self.deflate { "on" } else { "off" }.to_owned(),
+            "deflate",
+            self.deflate,
+        );
+    }
 }
 
 pub(crate) fn run(cmd: BenchCommand) -> anyhow::Result<()> {
