@@ -186,6 +186,15 @@ order() {
   for i in $(seq 0 $((n - 1))); do echo "${servers[$(((i + r - 1) % n))]}"; done
 }
 
+# pace_args PACING: sets $pace to the generator's options for a fan-out
+# pacing, -w8 (8 messages ahead of the slowest receiver) or --rate20.
+pace_args() {
+  case $1 in
+    -w8) pace=(-w 8) ;;
+    --rate20) pace=(--rate 20) ;;
+  esac
+}
+
 echo_cases=()
 for c in echo-100x64:100:64 echo-1000x64:1000:64 echo-100x16k:100:16384; do
   wanted "${c%%:*}" && echo_cases+=("$c")
@@ -221,10 +230,7 @@ if [ ${#fanout_cases[@]} -gt 0 ]; then
   for s in "${servers[@]}"; do start "$s" broadcast; spid[$s]=$pid; sport[$s]=$port; done
   for c in "${fanout_cases[@]}"; do
     IFS=: read -r name receivers pacing <<<"$c"
-    case $pacing in
-      -w8) pace=(-w 8) ;;
-      --rate20) pace=(--rate 20) ;;
-    esac
+    pace_args "$pacing"
     for r in $(seq "$repeats"); do
       for s in $(order "$r"); do
         run "$name" fanout "$s" "$r" "${spid[$s]}" "${sport[$s]}" \
@@ -295,10 +301,7 @@ if [ ${#deflate_fanout[@]} -gt 0 ]; then
   start wshub broadcast
   for c in "${deflate_fanout[@]}"; do
     IFS=: read -r name pacing <<<"$c"
-    case $pacing in
-      -w8) pace=(-w 8) ;;
-      --rate20) pace=(--rate 20) ;;
-    esac
+    pace_args "$pacing"
     for r in $(seq "$repeats"); do
       for variant in wshub wshub+deflate; do
         flag=()

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::BytesMut;
 use clap::Args;
 use wshub::CloseCode;
@@ -66,9 +66,8 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
     let builder = args.common.client();
     let mut sockets = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
-        let ws = builder.connect(&args.url).await.context("connecting")?;
-        args.common.check_deflate(&ws, &format!("connection {i}"))?;
-        sockets.push(ws);
+        let what = format!("connection {i}");
+        sockets.push(args.common.connect(&builder, &args.url, &what).await?);
     }
     let mut tasks = Vec::with_capacity(sockets.len());
     for (i, ws) in sockets.into_iter().enumerate() {

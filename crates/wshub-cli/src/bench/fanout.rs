@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bytes::BytesMut;
 use clap::Args;
 use tokio::sync::{watch, Notify};
@@ -103,19 +103,15 @@ pub(super) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         window_mode: args.window.is_some(),
     });
     let builder = args.common.client();
-    let sender = builder
-        .connect(&args.url)
-        .await
-        .context("connecting the sender")?;
-    args.common.check_deflate(&sender, "the sender")?;
+    let sender = args
+        .common
+        .connect(&builder, &args.url, "the sender")
+        .await?;
     let (finish_tx, finish_rx) = watch::channel::<Finish>(None);
     let mut receivers = Vec::with_capacity(args.receivers);
     for i in 0..args.receivers {
-        let ws = builder
-            .connect(&args.url)
-            .await
-            .with_context(|| format!("connecting receiver {i}"))?;
-        args.common.check_deflate(&ws, &format!("receiver {i}"))?;
+        let what = format!("receiver {i}");
+        let ws = args.common.connect(&builder, &args.url, &what).await?;
         let shared = Arc::clone(&shared);
         let finish = finish_rx.clone();
         receivers.push(tokio::spawn(receiver(i, ws, shared, finish)));

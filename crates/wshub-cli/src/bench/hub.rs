@@ -191,11 +191,8 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
     let mut subscribers = Vec::with_capacity(args.subscribers);
     for i in 0..args.subscribers {
         let ws_url = &nodes[(i % args.channels + i / args.channels) % nodes.len()].ws_url;
-        let mut ws = builder
-            .connect(ws_url)
-            .await
-            .with_context(|| format!("connecting subscriber {i} to {ws_url}"))?;
-        args.common.check_deflate(&ws, &format!("subscriber {i}"))?;
+        let what = format!("subscriber {i}");
+        let mut ws = args.common.connect(&builder, ws_url, &what).await?;
         hub_connect(&mut ws, token(i)?.as_deref())
             .await
             .with_context(|| format!("subscriber {i}"))?;
@@ -228,10 +225,8 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
     if args.via == Via::Client {
         for p in 0..publishers {
             let ws_url = &nodes[p % nodes.len()].ws_url;
-            let mut ws = builder
-                .connect(ws_url)
-                .await
-                .with_context(|| format!("connecting publisher {p} to {ws_url}"))?;
+            let what = format!("publisher {p}");
+            let mut ws = args.common.connect(&builder, ws_url, &what).await?;
             hub_connect(&mut ws, token(args.subscribers + p)?.as_deref())
                 .await
                 .with_context(|| format!("publisher {p}"))?;

@@ -71,9 +71,10 @@ struct Target {
 const DEFLATE_PROBE_LEN: usize = 40 * 1024;
 
 /// The message a `--deflate` connection sends once and expects back: chat-like
-/// JSON lines, so that it compresses as real traffic does.
-fn deflate_probe() -> &'static str {
-    static PROBE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// JSON lines, so that it compresses as real traffic does. Built once; every
+/// connection sends a clone (shared bytes, no copy).
+fn deflate_probe() -> &'static Message {
+    static PROBE: std::sync::OnceLock<Message> = std::sync::OnceLock::new();
     PROBE.get_or_init(|| {
         let mut text = String::with_capacity(DEFLATE_PROBE_LEN + 128);
         let mut seq = 0u64;
@@ -85,7 +86,7 @@ fn deflate_probe() -> &'static str {
             ));
             seq += 1;
         }
-        text
+        Message::from(text)
     })
 }
 
@@ -384,11 +385,7 @@ async fn hold(
 ) {
     let compressing = config.deflate.is_some();
     let mut conn = Connection::new(config, tokio::time::Instant::now().into_std());
-    if compressing
-        && conn
-            .send(Message::from(deflate_probe().to_owned()))
-            .is_err()
-    {
+    if compressing && conn.send(deflate_probe().clone()).is_err() {
         counters.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
@@ -410,7 +407,7 @@ async fn hold(
                 Event::Ping(_) => {
                     counters.pings.fetch_add(1, Ordering::Relaxed);
                 }
-                Event::Message(m) if compressing && m.as_text() == Some(deflate_probe()) => {
+                Event::Message(m) if compressing && m == *deflate_probe() => {
                     counters.echoed.fetch_add(1, Ordering::Relaxed);
                 }
                 Event::Close(_) if !released => {

@@ -79,13 +79,23 @@ impl CommonArgs {
         ClientBuilder::new().deflate(self.deflate)
     }
 
-    /// Fails when `--deflate` was given and the server did not accept it: a
-    /// run meant to measure compression must not quietly measure without it.
-    pub(crate) fn check_deflate(&self, ws: &WebSocket, what: &str) -> anyhow::Result<()> {
+    /// Connects `what` to `url` with `builder` (made by [`CommonArgs::client`]);
+    /// with `--deflate`, fails unless the server accepted permessage-deflate:
+    /// a run meant to measure compression must not quietly measure without it.
+    pub(crate) async fn connect(
+        &self,
+        builder: &ClientBuilder,
+        url: &str,
+        what: &str,
+    ) -> anyhow::Result<WebSocket> {
+        let ws = builder
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting {what} to {url}"))?;
         if self.deflate && !ws.is_compressed() {
             bail!("{what}: the server did not accept permessage-deflate (--deflate)");
         }
-        Ok(())
+        Ok(ws)
     }
 
     /// Records in the report whether permessage-deflate was on.
