@@ -12,8 +12,10 @@
 # follows the CPUs the process may use: one). Each case is repeated, the
 # servers alternate within a repeat (in a rotated order), and the tables give
 # medians. Server CPU time per message is utime+stime from /proc/PID/stat over
-# the measured window; server RSS (VmRSS) and threads come from /proc/PID/status
-# after the run.
+# the measured window (with the kernel's share, stime), and where perf can count
+# syscall tracepoints the server's send, receive and poll calls per message over
+# the same window (`wshub bench --count-syscalls`); server RSS (VmRSS) and
+# threads come from /proc/PID/status after the run.
 #
 #   bench/compare.sh [--repeats N] [--seconds S] [--quick] [--cases LIST]
 #                    [--idle-connections N] [--deflate-connections N]
@@ -93,6 +95,16 @@ if [ "$hard" != unlimited ] && [ $((idle_conns + 200)) -gt "$hard" ]; then
   exit 1
 fi
 
+# The servers' syscalls per message, where perf can count them (Debian:
+# linux-perf, as root): the evidence of what every server leaves to the kernel.
+count_syscalls=()
+if perf stat -x, -e syscalls:sys_enter_sendto -- true >/dev/null 2>&1; then
+  count_syscalls=(--count-syscalls)
+  echo "perf counts syscall tracepoints: the tables show each server's send, receive and poll calls per message"
+else
+  echo "perf cannot count syscall tracepoints here (Debian: linux-perf, as root): no syscall counts in the tables"
+fi
+
 started=$(date +%s)
 echo "== building (release): wshub examples and CLI, the Rust peers, Node ws"
 target=${CARGO_TARGET_DIR:-$root/target}
@@ -157,7 +169,9 @@ run() {
   local case=$1 kind=$2 server=$3 r=$4 spid=$5 sport=$6
   shift 6
   local base="$work/runs/$case-$server-$r"
-  local cmd=(taskset -c 1 "$bin/wshub" bench "$@" --server-pid "$spid" --json "$base.json" -q)
+  local extra=()
+  [ "$kind" = idle ] || extra=("${count_syscalls[@]}")
+  local cmd=(taskset -c 1 "$bin/wshub" bench "$@" --server-pid "$spid" "${extra[@]}" --json "$base.json" -q)
   local shown="${cmd[*]}"
   shown=${shown//$bin/\$BIN}
   shown=${shown//$base.json/RESULT.json}

@@ -489,3 +489,125 @@ async fn non_loopback_targets_are_refused() {
         assert!(v.is_none());
     }
 }
+
+/// Whether `perf stat` can count syscall tracepoints here. Without it the
+/// syscall test is skipped, unless `WSHUB_REQUIRE_PERF` is set (CI installs
+/// linux-perf and sets it, so there the test always runs).
+fn perf_can_count_syscalls() -> bool {
+    let ok = std::process::Command::new("perf")
+        .args([
+            "stat",
+            "-x",
+            ",",
+            "-e",
+            "syscalls:sys_enter_sendto",
+            "--",
+            "true",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var_os("WSHUB_REQUIRE_PERF").is_none(),
+            "WSHUB_REQUIRE_PERF is set but `perf stat` cannot count syscall tracepoints"
+        );
+        eprintln!(
+            "skipped: `perf stat` cannot count syscall tracepoints (Debian: linux-perf, as root)"
+        );
+    }
+    ok
+}
+
+/// `--count-syscalls` against a hub in its own process (`wshub serve`, so that
+/// perf counts nothing but the server): at a low rate each delivery is one
+/// send of its own and nothing is read or polled per delivery, and the CPU
+/// per delivery is split into user and kernel time.
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_syscalls_per_delivery() {
+    if !perf_can_count_syscalls() {
+        return;
+    }
+    let dir = common::temp_dir("bench-syscalls");
+    let config = dir.join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[limits]\nmax_connections_per_ip = 0\nhandshake_rate_per_ip = 0.0\n\
+             [auth]\nallow_anonymous = true\n[api]\nkey = \"{API_KEY}\"\n\
+             [log]\nlevel = \"warn\"\n[namespaces.bench]\nsubscribe = \"all\"\npresence = false\n"
+        ),
+    )
+    .unwrap();
+    let port = common::free_port();
+    // On one CPU, as in bench/compare.sh: the runtime has one worker, so no
+    // worker wakes another (an eventfd write, which would count as a send).
+    let child = std::process::Command::new("taskset")
+        .args(["-c", "0", BIN, "serve"])
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = common::Proc(child);
+    common::wait_port(port);
+    let pid = server.0.id().to_string();
+    let url = format!("http://127.0.0.1:{port}");
+    let (ok, out, v) = bench(
+        "hub-syscalls",
+        &[
+            "hub",
+            &url,
+            "--api-key",
+            API_KEY,
+            "-c",
+            "20",
+            "--channels",
+            "1",
+            "--rate",
+            "20",
+            "-d",
+            "2",
+            "--server-pid",
+            &pid,
+            "--count-syscalls",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let v = v.unwrap();
+    assert_clean(&v, "deliveries");
+    let per = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {v}"))
+    };
+    // 20 subscribers: a publication is 20 deliveries, 20 sends (one each;
+    // 20 messages/s are too far apart to share one), plus the HTTP request's
+    // read and answer: 1.05 sends and 0.05 reads per delivery. Waking up is
+    // a few epoll_waits per publication, not one per delivery.
+    let send = per("server_send_calls_per_msg");
+    assert!(
+        (0.95..=1.15).contains(&send),
+        "{send} sends per delivery: {v}"
+    );
+    assert!(per("server_recv_calls_per_msg") <= 0.2, "{v}");
+    assert!(per("server_poll_calls_per_msg") <= 0.5, "{v}");
+    let kernel = per("server_kernel_percent");
+    assert!((0.0..=100.0).contains(&kernel), "{v}");
+    assert!(per("server_cpu_us_per_delivery") > 0.0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn count_syscalls_needs_a_server_pid() {
+    let s = server(true).await;
+    let url = format!("ws://{}/", s.addr);
+    let (ok, out, _) = bench(
+        "no-pid",
+        &["echo", &url, "-c", "1", "-d", "1", "--count-syscalls"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(out.contains("--count-syscalls needs --server-pid"), "{out}");
+}

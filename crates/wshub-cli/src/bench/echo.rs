@@ -12,9 +12,10 @@ use bytes::BytesMut;
 use clap::Args;
 use wshub::CloseCode;
 
+use super::cpu::CpuProbe;
 use super::payload::Frames;
 use super::stats::{AtomicHistogram, Progress, Report};
-use super::{check_loopback, CommonArgs, CpuProbe};
+use super::{check_loopback, CommonArgs};
 
 /// Options of `wshub bench echo`.
 #[derive(Args, Debug)]
@@ -78,6 +79,9 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // First, as starting perf (`--count-syscalls`) blocks this thread for a
+    // moment, which must not be in the measured window.
+    let mut cpu = CpuProbe::start(&args.common)?;
     shared.measuring.store(true, Ordering::Release);
     let progress = Progress::start(
         "echo",
@@ -86,11 +90,10 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
         vec![("messages", Arc::clone(&shared.received))],
     );
     let start = Instant::now();
-    let cpu = CpuProbe::start(args.common.server_pid)?;
     tokio::time::sleep(duration).await;
     let count = shared.received.load(Ordering::Acquire);
     let elapsed = start.elapsed();
-    let cpu_us = cpu.finish(count)?;
+    let server_cost = cpu.finish(count)?;
     let generator = cpu.generator_percent();
     shared.measuring.store(false, Ordering::Release);
     shared.stop.store(true, Ordering::Release);
@@ -134,12 +137,7 @@ pub(super) async fn run(args: EchoArgs) -> anyhow::Result<()> {
     r.count("messages echoed", "messages", count);
     r.rate("throughput", "msg/s", "msg_per_sec", rate);
     r.latency("round trip", shared.latency.snapshot());
-    r.row(
-        "server CPU per message",
-        cpu_us.map_or("-".into(), |c| format!("{c:.2} µs")),
-        "server_cpu_us_per_msg",
-        cpu_us.map(|c| (c * 1000.0).round() / 1000.0),
-    );
+    server_cost.report(&mut r, "message", "server_cpu_us_per_msg");
     r.row(
         "generator CPU (% of a core)",
         generator.map_or("-".into(), |g| format!("{g:.1} %")),

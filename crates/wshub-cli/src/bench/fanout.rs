@@ -19,9 +19,10 @@ use clap::Args;
 use tokio::sync::{watch, Notify};
 use wshub::{CloseCode, WebSocket};
 
+use super::cpu::CpuProbe;
 use super::payload::Frames;
 use super::stats::{group, AtomicHistogram, Progress, Report, SeqTracker};
-use super::{check_loopback, CommonArgs, CpuProbe};
+use super::{check_loopback, CommonArgs};
 
 /// The sequence number of probe messages (not counted).
 const PROBE: u64 = u64::MAX;
@@ -141,7 +142,7 @@ pub(super) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         duration,
         vec![("deliveries", Arc::clone(&shared.delivered))],
     );
-    let cpu = CpuProbe::start(args.common.server_pid)?;
+    let mut cpu = CpuProbe::start(&args.common)?;
     let delivered_before = shared.delivered.load(Ordering::Acquire);
     let send_start = Instant::now();
     let deadline = send_start + duration;
@@ -194,7 +195,7 @@ pub(super) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     }
     let send_time = send_start.elapsed();
     let delivered = shared.delivered.load(Ordering::Acquire) - delivered_before;
-    let cpu_us = cpu.finish(delivered)?;
+    let server_cost = cpu.finish(delivered)?;
     let generator = cpu.generator_percent();
     let drain_deadline =
         tokio::time::Instant::now() + Duration::from_secs(args.drain.clamp(1, 600));
@@ -257,12 +258,7 @@ pub(super) async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     r.count("duplicates", "duplicates", dups);
     r.count("out of order", "out_of_order", ooo);
     r.count("failed receivers", "errors", failed.len() as u64);
-    r.row(
-        "server CPU per delivery",
-        cpu_us.map_or("-".into(), |c| format!("{c:.3} µs")),
-        "server_cpu_us_per_delivery",
-        cpu_us.map(|c| (c * 1000.0).round() / 1000.0),
-    );
+    server_cost.report(&mut r, "delivery", "server_cpu_us_per_delivery");
     r.row(
         "generator CPU (% of a core)",
         generator.map_or("-".into(), |g| format!("{g:.1} %")),

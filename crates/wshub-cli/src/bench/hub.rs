@@ -31,9 +31,10 @@ use tokio::sync::watch;
 use wshub::hub::auth::{ClaimsBuilder, Minter};
 use wshub::{CloseCode, Message, WebSocket};
 
+use super::cpu::CpuProbe;
 use super::payload::HubData;
 use super::stats::{group, AtomicHistogram, Progress, Report, SeqTracker};
-use super::{check_loopback, CommonArgs, CpuProbe};
+use super::{check_loopback, CommonArgs};
 
 /// How publications reach the hub.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,7 +244,7 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
             ("publish errors", Arc::clone(&shared.publish_errors)),
         ],
     );
-    let cpu = CpuProbe::start(args.common.server_pid)?;
+    let mut cpu = CpuProbe::start(&args.common)?;
     let send_start = Instant::now();
     let deadline = send_start + duration;
     let mut tasks = Vec::new();
@@ -282,7 +283,7 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
     }
     let send_time = send_start.elapsed();
     let delivered = shared.delivered.load(Ordering::Acquire);
-    let cpu_us = cpu.finish(delivered)?;
+    let server_cost = cpu.finish(delivered)?;
     let generator = cpu.generator_percent();
     let drain_deadline =
         tokio::time::Instant::now() + Duration::from_secs(args.drain.clamp(1, 600));
@@ -360,12 +361,7 @@ pub(super) async fn run(args: HubArgs) -> anyhow::Result<()> {
     r.count("out of order", "out_of_order", sum(|o| o.out_of_order));
     r.count("offset gaps", "offset_gaps", sum(|o| o.offset_gaps));
     r.count("failed subscribers", "errors", failed.len() as u64);
-    r.row(
-        "server CPU per delivery",
-        cpu_us.map_or("-".into(), |c| format!("{c:.3} µs")),
-        "server_cpu_us_per_delivery",
-        cpu_us.map(|c| (c * 1000.0).round() / 1000.0),
-    );
+    server_cost.report(&mut r, "delivery", "server_cpu_us_per_delivery");
     r.field("generator_cpu_percent", generator);
     r.rates("deliveries/s", rates);
     r.emit(&args.common)?;

@@ -16,8 +16,10 @@
 //! frames into one vectored write.
 //!
 //! Layout: [`payload`] (message formats and checks), [`stats`] (histogram,
-//! sequence tracking, progress, report, SVG), one file per mode.
+//! sequence tracking, progress, report, SVG), [`cpu`] (the server's CPU time
+//! and syscalls over the measured window), one file per mode.
 
+mod cpu;
 mod echo;
 mod fanout;
 mod hub;
@@ -26,7 +28,6 @@ mod payload;
 mod stats;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -61,6 +62,11 @@ pub(crate) struct CommonArgs {
     /// its memory, for `idle`), read from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Count the server's send, receive and poll syscalls per message over
+    /// the measured window with `perf stat` (Debian: linux-perf; needs
+    /// --server-pid and access to the syscall tracepoints).
+    #[arg(long)]
+    count_syscalls: bool,
     /// No progress line on stderr.
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -178,28 +184,6 @@ pub(crate) fn check_loopback(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// CPU time (user + system) of process `pid`, from /proc/PID/stat.
-pub(crate) fn process_cpu(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the 14th
-    // and 15th fields of the line, in clock ticks.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("unexpected /proc stat format")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .context("unexpected /proc stat format")
-    };
-    let total = ticks(11)? + ticks(12)?;
-    // CLK_TCK is 100 on every Linux this runs on.
-    Ok(Duration::from_millis(total * 10))
-}
-
 /// Resident memory of process `pid` in bytes (VmRSS of /proc/PID/status).
 pub(crate) fn process_rss(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -214,48 +198,6 @@ pub(crate) fn process_rss(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.parse().ok())
         .context("unexpected VmRSS format")?;
     Ok(kb * 1024)
-}
-
-/// Server CPU over a measured window: start it, then `finish` with the count
-/// of messages to divide by. It also watches the generator's own CPU, to
-/// tell whether the load generator rather than the server was the limit.
-pub(crate) struct CpuProbe {
-    pid: Option<u32>,
-    before: Option<Duration>,
-    started: std::time::Instant,
-    own_before: Option<Duration>,
-}
-
-impl CpuProbe {
-    pub(crate) fn start(pid: Option<u32>) -> anyhow::Result<CpuProbe> {
-        let before = pid.map(process_cpu).transpose()?;
-        Ok(CpuProbe {
-            pid,
-            before,
-            started: std::time::Instant::now(),
-            own_before: process_cpu(std::process::id()).ok(),
-        })
-    }
-
-    /// The generator's CPU use since `start`, in percent of one core (all of
-    /// its threads together), if /proc could be read.
-    pub(crate) fn generator_percent(&self) -> Option<f64> {
-        let before = self.own_before?;
-        let used = process_cpu(std::process::id()).ok()?.saturating_sub(before);
-        let wall = self.started.elapsed().as_secs_f64();
-        (wall > 0.0).then(|| (used.as_secs_f64() * 1000.0 / wall).round() / 10.0)
-    }
-
-    /// Microseconds of server CPU per message, if a PID was given.
-    pub(crate) fn finish(&self, messages: u64) -> anyhow::Result<Option<f64>> {
-        match (self.pid, self.before) {
-            (Some(pid), Some(b)) => {
-                let used = process_cpu(pid)?.saturating_sub(b);
-                Ok(Some(used.as_secs_f64() * 1e6 / messages.max(1) as f64))
-            }
-            _ => Ok(None),
-        }
-    }
 }
 
 #[cfg(test)]
