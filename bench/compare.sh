@@ -13,9 +13,10 @@
 # servers alternate within a repeat (in a rotated order), and the tables give
 # medians. Server CPU time per message is utime+stime from /proc/PID/stat over
 # the measured window (with the kernel's share, stime), and where perf can count
-# syscall tracepoints the server's send, receive and poll calls per message over
-# the same window (`wshub bench --count-syscalls`); server RSS (VmRSS) and
-# threads come from /proc/PID/status after the run.
+# syscall tracepoints the server's send, receive and poll calls per message,
+# from one more run of each loaded case (`wshub bench --count-syscalls`; the
+# tracepoints slow every syscall, so that run gives nothing else); server RSS
+# (VmRSS) and threads come from /proc/PID/status after the run.
 #
 #   bench/compare.sh [--repeats N] [--seconds S] [--quick] [--cases LIST]
 #                    [--idle-connections N] [--deflate-connections N]
@@ -170,7 +171,7 @@ run() {
   shift 6
   local base="$work/runs/$case-$server-$r"
   local extra=()
-  [ "$kind" = idle ] || extra=("${count_syscalls[@]}")
+  [ "$r" != 0 ] || extra=("${count_syscalls[@]}")
   local cmd=(taskset -c 1 "$bin/wshub" bench "$@" --server-pid "$spid" "${extra[@]}" --json "$base.json" -q)
   local shown="${cmd[*]}"
   shown=${shown//$bin/\$BIN}
@@ -194,9 +195,18 @@ run() {
   printf '   %-13s %-18s run %s: %s (%ss)\n' "$case" "$server" "$r" "$status" "$wall"
 }
 
+# The runs of a loaded case: repeats 1..N, then, where perf can count
+# syscalls, run 0, which counts them: the tracepoints cost the server some
+# CPU on every syscall, so run 0 gives the syscall counts and nothing else.
+passes() {
+  seq "$repeats"
+  if [ ${#count_syscalls[@]} -gt 0 ]; then echo 0; fi
+}
+
 # The servers in the order of repeat R (rotated, so no server always goes first).
 order() {
   local r=$1 n=${#servers[@]} i
+  [ "$r" != 0 ] || r=$((repeats + 1))
   for i in $(seq 0 $((n - 1))); do echo "${servers[$(((i + r - 1) % n))]}"; done
 }
 
@@ -219,7 +229,7 @@ if [ ${#echo_cases[@]} -gt 0 ]; then
   for s in "${servers[@]}"; do start "$s" echo; spid[$s]=$pid; sport[$s]=$port; done
   for c in "${echo_cases[@]}"; do
     IFS=: read -r name conns size <<<"$c"
-    for r in $(seq "$repeats"); do
+    for r in $(passes); do
       for s in $(order "$r"); do
         run "$name" echo "$s" "$r" "${spid[$s]}" "${sport[$s]}" \
           echo "ws://127.0.0.1:${sport[$s]}/" -c "$conns" -w 1 -s "$size" -d "$seconds"
@@ -245,7 +255,7 @@ if [ ${#fanout_cases[@]} -gt 0 ]; then
   for c in "${fanout_cases[@]}"; do
     IFS=: read -r name receivers pacing <<<"$c"
     pace_args "$pacing"
-    for r in $(seq "$repeats"); do
+    for r in $(passes); do
       for s in $(order "$r"); do
         run "$name" fanout "$s" "$r" "${spid[$s]}" "${sport[$s]}" \
           fanout "ws://127.0.0.1:${sport[$s]}/" -r "$receivers" "${pace[@]}" -s 64 -d "$seconds" --drain 5
@@ -289,7 +299,7 @@ subscribe = "all"
 presence = false
 TOML
   start wshub-hub hub
-  for r in $(seq "$repeats"); do
+  for r in $(passes); do
     # 20 publications/s × 5000 subscribers = 100,000 deliveries/s offered.
     run hub-5000 hub wshub "$r" "$pid" "$port" \
       hub "http://127.0.0.1:$port" --api-key compare-suite-api-key -c 5000 --channels 1 \
@@ -316,7 +326,7 @@ if [ ${#deflate_fanout[@]} -gt 0 ]; then
   for c in "${deflate_fanout[@]}"; do
     IFS=: read -r name pacing <<<"$c"
     pace_args "$pacing"
-    for r in $(seq "$repeats"); do
+    for r in $(passes); do
       for variant in wshub wshub+deflate; do
         flag=()
         [ "$variant" = wshub+deflate ] && flag=(--deflate)
