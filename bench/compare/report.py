@@ -417,10 +417,14 @@ def main():
           "count them).",
           ""]
 
-    def table(kind, head, cells, deflate=False):
+    def table(kind, head, cells, deflate=False, title=None):
+        """A table of the rows of `kind`, under `title` if any: nothing at all
+        when no case of that kind ran (`--cases` picks a subset)."""
         sel = [r for r in rows if r["kind"] == kind and is_deflate(r["case_id"]) == deflate]
         if not sel:
             return
+        if title:
+            L.extend([title, ""])
         L.append("| " + " | ".join(head) + " |")
         L.append("|" + "---|" * len(head))
         for r in sel:
@@ -435,14 +439,15 @@ def main():
                 fmt(r.get("generator_percent"), ".0f"), fmt(mib(r.get("rss")), ".1f"),
                 fmt(r.get("problems"), "d"), f"{r['runs_ok']}/{r['runs']}"]
 
-    L += ["## Echo", ""]
-    table("echo", ["case", "server", "msg/s", "p50 ms", "p99 ms", "server CPU µs/msg",
-                   "msg per server CPU-s", "kernel %", CALLS_HEAD, "core %", "gen %", "RSS MiB", "errors", "runs ok"], loaded)
-    L += ["## Fan-out (broadcast examples)", ""]
-    table("fanout", ["case", "server", "deliveries/s", "p50 ms", "p99 ms",
-                     "server CPU µs/delivery", "deliveries per server CPU-s", "kernel %", CALLS_HEAD, "core %", "gen %",
-                     "RSS MiB", "lost+dup+ooo+errors", "runs ok"], loaded)
-    L += ["## Idle connections", ""]
+    def loaded_head(rate, cost, per_cpu, problems):
+        return ["case", "server", rate, "p50 ms", "p99 ms", cost, per_cpu, "kernel %",
+                CALLS_HEAD, "core %", "gen %", "RSS MiB", problems, "runs ok"]
+
+    delivery_head = loaded_head("deliveries/s", "server CPU µs/delivery",
+                                "deliveries per server CPU-s", "lost+dup+ooo+errors")
+    table("echo", loaded_head("msg/s", "server CPU µs/msg", "msg per server CPU-s", "errors"),
+          loaded, title="## Echo")
+    table("fanout", delivery_head, loaded, title="## Fan-out (broadcast examples)")
     idle_head = ["server", "connections", "RSS before MiB", "RSS all open MiB",
                  "RSS end of hold MiB", "bytes per connection", "pings answered",
                  "dropped", "runs ok"]
@@ -453,11 +458,8 @@ def main():
                 fmt(r.get("bytes_per_conn")), fmt(r.get("pings_answered")),
                 fmt(r.get("dropped"), "d"), f"{r['runs_ok']}/{r['runs']}"]
 
-    table("idle", idle_head, idle_cells)
-    L += ["## Hub fan-out (wshub only)", ""]
-    table("hub", ["case", "server", "deliveries/s", "p50 ms", "p99 ms",
-                  "server CPU µs/delivery", "deliveries per server CPU-s", "kernel %", CALLS_HEAD, "core %", "gen %",
-                  "RSS MiB", "lost+dup+ooo+errors", "runs ok"], loaded)
+    table("idle", idle_head, idle_cells, title="## Idle connections")
+    table("hub", delivery_head, loaded, title="## Hub fan-out (wshub only)")
 
     if any(is_deflate(r["case_id"]) for r in rows):
         L += ["## permessage-deflate (wshub only)", "",
@@ -470,10 +472,7 @@ def main():
               "server's decompressor has used its whole 32 KiB window (the client keeps its "
               "compression context, as browsers do, so the server keeps a decompressor per "
               "connection).", ""]
-        table("fanout", ["case", "server", "deliveries/s", "p50 ms", "p99 ms",
-                         "server CPU µs/delivery", "deliveries per server CPU-s", "kernel %",
-                         CALLS_HEAD, "core %", "gen %", "RSS MiB", "lost+dup+ooo+errors", "runs ok"], loaded,
-              deflate=True)
+        table("fanout", delivery_head, loaded, deflate=True)
         table("idle", idle_head, idle_cells, deflate=True)
     L += ["## Issue-4 targets", ""]
     if a.quick:
