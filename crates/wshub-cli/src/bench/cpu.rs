@@ -1,7 +1,7 @@
 //! What the server spent over a measured window: its CPU time from
 //! /proc/PID/stat, split into user and kernel time, and, with
-//! `--count-syscalls`, its socket system calls, counted by `perf stat` over the
-//! same window.
+//! `--count-syscalls`, its send, receive and poll system calls, counted by
+//! `perf stat` over the same window.
 //!
 //! The split is what tells a server's own code from the kernel's work. On
 //! loopback the kernel's part of a message (a `send`, a `recv`, and the

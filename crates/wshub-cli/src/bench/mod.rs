@@ -58,8 +58,8 @@ pub(crate) struct CommonArgs {
     /// Draw the latency histogram and throughput over time as SVG to this file.
     #[arg(long)]
     svg: Option<PathBuf>,
-    /// PID of the server process (Linux): report its CPU time per message (or
-    /// its memory, for `idle`), read from /proc.
+    /// PID of the server process (Linux): report its CPU time per message and
+    /// the kernel's share of it (or its memory, for `idle`), read from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
     /// Count the server's send, receive and poll syscalls per message over
