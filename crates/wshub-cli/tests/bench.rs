@@ -432,13 +432,19 @@ async fn deflate_must_be_negotiated() {
     // measure without compression.
     let off = server(false).await;
     let url = format!("ws://{}/", off.addr);
-    let (ok, out, _) = bench(
+    assert_refused(
         "fanout-no-deflate",
         &["fanout", &url, "-r", "2", "-d", "1", "--deflate"],
+        "did not accept permessage-deflate",
     )
     .await;
+}
+
+/// Runs `wshub bench ARGS`, which must fail saying `why`.
+async fn assert_refused(name: &str, args: &[&str], why: &str) {
+    let (ok, out, _) = bench(name, args).await;
     assert!(!ok, "{out}");
-    assert!(out.contains("did not accept permessage-deflate"), "{out}");
+    assert!(out.contains(why), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -603,11 +609,10 @@ async fn hub_syscalls_per_delivery() {
 async fn count_syscalls_needs_a_server_pid() {
     let s = server(true).await;
     let url = format!("ws://{}/", s.addr);
-    let (ok, out, _) = bench(
+    assert_refused(
         "no-pid",
         &["echo", &url, "-c", "1", "-d", "1", "--count-syscalls"],
+        "--count-syscalls needs --server-pid",
     )
     .await;
-    assert!(!ok);
-    assert!(out.contains("--count-syscalls needs --server-pid"), "{out}");
 }

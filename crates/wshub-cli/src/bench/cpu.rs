@@ -20,13 +20,13 @@ use super::CommonArgs;
 
 /// CPU time of a process, from /proc/PID/stat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct CpuTimes {
-    pub(crate) user: Duration,
-    pub(crate) system: Duration,
+struct CpuTimes {
+    user: Duration,
+    system: Duration,
 }
 
 impl CpuTimes {
-    pub(crate) fn total(self) -> Duration {
+    fn total(self) -> Duration {
         self.user + self.system
     }
 
@@ -39,7 +39,7 @@ impl CpuTimes {
 }
 
 /// User and system CPU time (all threads) of process `pid`.
-pub(crate) fn process_cpu(pid: u32) -> anyhow::Result<CpuTimes> {
+fn process_cpu(pid: u32) -> anyhow::Result<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     parse_stat(&stat).context("unexpected /proc stat format")
@@ -184,10 +184,10 @@ impl Drop for SyscallCounter {
 
 /// Syscalls over the window, by kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Syscalls {
-    pub(crate) send: u64,
-    pub(crate) recv: u64,
-    pub(crate) poll: u64,
+struct Syscalls {
+    send: u64,
+    recv: u64,
+    poll: u64,
 }
 
 /// Reads `perf stat -x,` output: `COUNT,UNIT,EVENT,…` per line. Every event
@@ -284,11 +284,11 @@ impl CpuProbe {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct ServerCost {
     /// CPU time per message, µs.
-    pub(crate) cpu_us: Option<f64>,
+    cpu_us: Option<f64>,
     /// Share of that time spent in the kernel, %.
-    pub(crate) kernel_percent: Option<f64>,
+    kernel_percent: Option<f64>,
     /// Send, receive and poll calls per message.
-    pub(crate) calls: Option<[f64; 3]>,
+    calls: Option<[f64; 3]>,
 }
 
 impl ServerCost {
