@@ -17,7 +17,7 @@ use wshub_proto::{Connection, Limits, Role};
 
 use crate::config::SlowConsumerPolicy;
 use crate::driver::{Driver, DriverParts};
-use crate::socket::{Info, Shared, WebSocket};
+use crate::socket::{Gate, HandlerWaker, Info, Shared, WebSocket};
 
 /// Why [`connect`] failed.
 #[non_exhaustive]
@@ -263,7 +263,7 @@ impl ClientBuilder {
             Some((p, q)) => (p, Some(q)),
             None => (target.path.as_str(), None),
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|weak| Shared {
             id: crate::socket::next_id(),
             info: Info::new(
                 peer,
@@ -279,6 +279,8 @@ impl ClientBuilder {
             max_inbound_bytes: 1 << 20,
             inner: Mutex::default(),
             ended: Notify::new(),
+            gate: Gate::new(),
+            handler_waker: HandlerWaker::new(weak),
         });
         let mut cfg = wshub_proto::connection::Config::new(Role::Client)
             .with_limits(self.limits)

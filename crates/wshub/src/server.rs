@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::driver::{Driver, DriverParts};
 use crate::headers::RequestHeaders;
 use crate::registry::Clients;
-use crate::socket::{Info, Shared, WebSocket};
+use crate::socket::{Gate, HandlerWaker, Info, Shared, WebSocket};
 
 /// A refused upgrade: the HTTP status and a plain-text reason for the body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -595,7 +595,7 @@ impl Server {
     pub(crate) fn register(&self, facts: RequestFacts, accepted: Accepted) -> Registration {
         let config = &self.inner.config;
         let params = accepted.deflate.map(|(p, _)| p);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|weak| Shared {
             id: crate::socket::next_id(),
             info: Info::new(
                 facts.peer,
@@ -611,6 +611,8 @@ impl Server {
             max_inbound_bytes: config.max_inbound_bytes,
             inner: Mutex::default(),
             ended: Notify::new(),
+            gate: Gate::new(),
+            handler_waker: HandlerWaker::new(weak),
         });
         self.inner.clients.insert(Arc::clone(&shared));
         Registration {

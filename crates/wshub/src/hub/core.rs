@@ -235,6 +235,25 @@ struct Channel {
     subscribers: HashMap<ConnectionId, Subscriber>,
     /// The last position delivered on this node.
     last: Option<StreamPosition>,
+    /// The stream's epoch, shared by the subscribers that are in it: the
+    /// fan-out then compares pointers, not a string in each subscriber's
+    /// own allocation (a cache miss each, thousands per publication).
+    epoch: Option<Arc<str>>,
+}
+
+impl Channel {
+    /// `epoch` as the channel's shared `Arc`.
+    fn shared_epoch(&mut self, epoch: &str) -> Arc<str> {
+        match &self.epoch {
+            Some(e) if **e == *epoch => Arc::clone(e),
+            _ => Arc::clone(self.epoch.insert(Arc::from(epoch))),
+        }
+    }
+}
+
+/// Whether a subscriber's epoch is `epoch`: usually the same `Arc`.
+fn same_epoch(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
 }
 
 /// The hub. Cheap to clone; clones share everything.
@@ -654,11 +673,12 @@ impl Hub {
         if ch.last.is_none() {
             ch.last = Some(position.clone());
         }
+        let epoch = ch.shared_epoch(&position.epoch);
         let Some(sub) = ch.subscribers.get_mut(&handle.conn) else {
             return Finish::Gone;
         };
         let _ = sub.ws.send_text(reply);
-        sub.epoch = Arc::from(position.epoch.as_str());
+        sub.epoch = epoch;
         sub.offset = position.offset;
         let buffered = sub.buffer.take().unwrap_or_default();
         if sub.overflow {
@@ -676,7 +696,7 @@ impl Hub {
         for b in buffered {
             match b {
                 Buffered::Pub { offset, epoch, msg } => {
-                    if *epoch == *sub.epoch && offset > sub.offset {
+                    if same_epoch(&epoch, &sub.epoch) && offset > sub.offset {
                         sub.offset = offset;
                         if let Some(msg) = msg {
                             self.send_counted(&sub.ws, &msg, sub.policy);
@@ -790,7 +810,7 @@ impl Hub {
                 let json = encode_pub(&channel, &epoch, &publication);
                 let len = json.len() as u64;
                 let msg = Arc::new(PreparedMessage::new(&Message::from(json)));
-                let epoch: Arc<str> = epoch.into();
+                let epoch = ch.shared_epoch(&epoch);
                 let mut sent = 0u64;
                 let mut gap = false;
                 for sub in ch.subscribers.values_mut() {
@@ -807,7 +827,7 @@ impl Hub {
                         }
                         continue;
                     }
-                    if *sub.epoch != *epoch || publication.offset <= sub.offset {
+                    if !same_epoch(&sub.epoch, &epoch) || publication.offset <= sub.offset {
                         continue; // it has this one already
                     }
                     if publication.offset > sub.offset + 1 {
