@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
-use common::{connect, recv_text, within, RawClient, TestServer};
+use common::{connect, echo, recv_text, within, RawClient, TestServer};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use wshub::{Config, Disconnect, Message, WebSocket};
@@ -146,6 +146,15 @@ where
     (format!("ws://{addr}/"), stop_tx)
 }
 
+/// `n` echo round trips on a fresh connection to `url`.
+async fn echo_roundtrips(url: &str, n: usize) {
+    let mut ws = connect(url).await;
+    for i in 0..n {
+        ws.send(format!("{i}")).unwrap();
+        assert_eq!(recv_text(&mut ws).await, i.to_string());
+    }
+}
+
 /// Yields by waking its task while it is being polled, as `futures-lite`'s
 /// `yield_now` does (tokio's defers the wake until the poll is over).
 async fn yield_waking_now() {
@@ -166,7 +175,7 @@ async fn a_yielding_handler_does_not_starve_other_connections() {
     let busy = Arc::new(AtomicBool::new(true));
     let spins = Arc::new(AtomicUsize::new(0));
     let (b, s) = (Arc::clone(&busy), Arc::clone(&spins));
-    let (url, _stop) = server_on_own_thread(move |mut ws| {
+    let (url, _stop) = server_on_own_thread(move |ws| {
         let (busy, spins) = (Arc::clone(&b), Arc::clone(&s));
         async move {
             if ws.path() == "/spin" {
@@ -177,19 +186,11 @@ async fn a_yielding_handler_does_not_starve_other_connections() {
                 }
                 let _ = ws.send("stopped spinning");
             }
-            while let Some(m) = ws.recv().await {
-                if ws.send(m).is_err() {
-                    break;
-                }
-            }
+            echo(ws).await;
         }
     });
     let mut spinner = connect(&format!("{url}spin")).await;
-    let mut other = connect(&url).await;
-    for i in 0..200 {
-        other.send(format!("{i}")).unwrap();
-        assert_eq!(recv_text(&mut other).await, i.to_string());
-    }
+    echo_roundtrips(&url, 200).await;
     assert!(
         spins.load(Ordering::Relaxed) > 0,
         "the spinning handler never ran"
@@ -203,10 +204,11 @@ async fn a_yielding_handler_does_not_starve_other_connections() {
 #[tokio::test]
 async fn a_handler_out_of_cooperative_budget_does_not_starve_others() {
     const BACKLOG: usize = 200_000;
-    let (url, _stop) = server_on_own_thread(|mut ws| async move {
+    let (url, _stop) = server_on_own_thread(|ws| async move {
         if ws.path() == "/drain" {
             // tokio's channels spend the task's cooperative budget: every 128
-            // receives the handler gets Pending and wakes itself.
+            // receives the handler gets Pending, and a wake once the task's
+            // poll is over.
             let (tx, mut rx) = mpsc::unbounded_channel::<usize>();
             for i in 0..BACKLOG {
                 tx.send(i).unwrap();
@@ -218,18 +220,10 @@ async fn a_handler_out_of_cooperative_budget_does_not_starve_others() {
             }
             let _ = ws.send(format!("drained {sum}"));
         }
-        while let Some(m) = ws.recv().await {
-            if ws.send(m).is_err() {
-                break;
-            }
-        }
+        echo(ws).await;
     });
     let mut drainer = connect(&format!("{url}drain")).await;
-    let mut other = connect(&url).await;
-    for i in 0..50 {
-        other.send(format!("{i}")).unwrap();
-        assert_eq!(recv_text(&mut other).await, i.to_string());
-    }
+    echo_roundtrips(&url, 50).await;
     let expected: usize = (0..BACKLOG).sum();
     assert_eq!(recv_text(&mut drainer).await, format!("drained {expected}"));
 }
