@@ -431,12 +431,11 @@ where
                     self.ending.get_or_insert_with(Box::default).failure =
                         Some(Disconnect::Protocol(e));
                 }
-                // The handler runs in this task and is polled again right away;
-                // waking only matters for readers in other tasks.
+                // The handler's waker only sets the gate's bit (it is polled
+                // again in this poll, see `Gate`); readers in other tasks are
+                // woken.
                 for w in self.dispatch_events() {
-                    if !w.will_wake(cx.waker()) {
-                        w.wake();
-                    }
+                    w.wake();
                 }
                 Poll::Ready(Ok(true))
             }
