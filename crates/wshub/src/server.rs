@@ -750,6 +750,37 @@ async fn reject<S: AsyncWrite + Unpin>(mut io: S, rej: &Rejection) {
     .await;
 }
 
+/// A connection from `peer` registered with `server` without a handshake,
+/// for tests that need its state or a [`WebSocket`] handle to it.
+#[cfg(test)]
+pub(crate) fn test_registration(server: &Server, peer: SocketAddr) -> Registration {
+    server.register(
+        RequestFacts {
+            peer,
+            client_ip: peer.ip(),
+            path: "/".to_owned(),
+            query: None,
+            headers: RequestHeaders::from_pairs([("Host", &b"example.com"[..])]),
+        },
+        Accepted {
+            protocol: None,
+            deflate: None,
+            slot: {
+                server.inner.slots.fetch_add(1, Ordering::AcqRel);
+                Slot(Arc::clone(&server.inner))
+            },
+        },
+    )
+}
+
+#[cfg(test)]
+impl Registration {
+    /// A handle to the registered connection.
+    pub(crate) fn websocket(&self) -> WebSocket {
+        WebSocket::new(Arc::clone(&self.registered.shared))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,23 +799,7 @@ mod tests {
         let server = Server::new(Config::default());
         let handler = into_handler(|_ws: WebSocket| async {});
         let guard = ActiveGuard::new(&server.inner);
-        let registration = server.register(
-            RequestFacts {
-                peer,
-                client_ip: peer.ip(),
-                path: "/".to_owned(),
-                query: None,
-                headers: RequestHeaders::from_pairs([("Host", &b"example.com"[..])]),
-            },
-            Accepted {
-                protocol: None,
-                deflate: None,
-                slot: {
-                    server.inner.slots.fetch_add(1, Ordering::AcqRel);
-                    Slot(Arc::clone(&server.inner))
-                },
-            },
-        );
+        let registration = test_registration(&server, peer);
         let task = server.connection(tcp, registration, Vec::new(), handler, guard);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task: {size} bytes");

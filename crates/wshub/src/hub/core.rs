@@ -43,9 +43,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::mailbox::Sender;
 use bytes::Bytes;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use wshub_proto::{CloseCode, Message, PreparedMessage};
 
 use super::auth::{AuthError, Verifier};
@@ -160,7 +160,7 @@ pub(crate) enum Control {
 #[derive(Debug, Clone)]
 pub(crate) struct SessionEntry {
     pub(crate) user: String,
-    pub(crate) control: mpsc::UnboundedSender<Control>,
+    pub(crate) control: Sender<Control>,
 }
 
 /// A publication to make with [`Hub::publish`].
@@ -543,7 +543,7 @@ impl Hub {
         jitter: Duration,
         control: impl Fn() -> Control,
     ) {
-        let all: Vec<mpsc::UnboundedSender<Control>> = lock(&self.inner.sessions)
+        let all: Vec<Sender<Control>> = lock(&self.inner.sessions)
             .by_conn
             .values()
             .map(|e| e.control.clone())

@@ -7,6 +7,7 @@
 //! - [`config`]: the hub's configuration (TOML file, environment, flags).
 //! - `api`: the HTTP API, health and metrics endpoints, the WebSocket route.
 //! - `core`: the [`Hub`]: channels on this node, fan-out, the operations.
+//! - `mailbox`: a session's control mailbox (allocates nothing until used).
 //! - [`memory`]: the in-memory broker, the single-process default.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`protocol`]: the `wshub.v1` client protocol's messages (see
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 mod core;
+mod mailbox;
 pub mod memory;
 pub mod metrics;
 pub mod protocol;
