@@ -12,6 +12,8 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use common::{http_request, upgrade_request, within, RawClient};
@@ -24,6 +26,51 @@ use wshub::{CloseCode, Config, Rejection, Server, WebSocket};
 
 /// Starts the accept loop; returns the address and the loop's task.
 async fn start<H, F>(server: Server, handler: H) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    H: Fn(WebSocket) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    start_on(server, handler, false).await
+}
+
+/// A transport hyper serves that is not a bare `TcpStream`: wshub cannot take
+/// it back out of hyper's `Upgraded`, so its connections run through it.
+struct Wrapped(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for Wrapped {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Wrapped {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+/// [`start`], serving each connection as a [`Wrapped`] one when `wrapped`.
+async fn start_on<H, F>(
+    server: Server,
+    handler: H,
+    wrapped: bool,
+) -> (SocketAddr, tokio::task::JoinHandle<()>)
 where
     H: Fn(WebSocket) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = ()> + Send + 'static,
@@ -51,10 +98,16 @@ where
                         Ok::<_, Infallible>(res)
                     }
                 });
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades()
-                    .await;
+                let http = http1::Builder::new();
+                let _ = if wrapped {
+                    http.serve_connection(TokioIo::new(Wrapped(tcp)), service)
+                        .with_upgrades()
+                        .await
+                } else {
+                    http.serve_connection(TokioIo::new(tcp), service)
+                        .with_upgrades()
+                        .await
+                };
             });
         }
     });
@@ -93,18 +146,30 @@ async fn echo_through_hyper() {
     task.abort();
 }
 
+/// Over a `TcpStream`, wshub takes the socket and hyper's read-ahead back out
+/// of `Upgraded`; over any other transport it runs through `Upgraded`. Both
+/// must deliver a frame hyper read along with the request.
 #[tokio::test]
 async fn raw_client_peer_addr_and_pipelined_frame_through_hyper() {
+    peer_addr_and_pipelined_frame(false).await;
+}
+
+#[tokio::test]
+async fn pipelined_frame_through_hyper_on_another_transport() {
+    peer_addr_and_pipelined_frame(true).await;
+}
+
+async fn peer_addr_and_pipelined_frame(wrapped: bool) {
     let server = Server::new(Config::default());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let (addr, task) = start(server.clone(), move |ws| {
+    let handler = move |ws: WebSocket| {
         let tx = tx.clone();
         async move {
             let _ = tx.send(ws.peer_addr());
             common::echo(ws).await;
         }
-    })
-    .await;
+    };
+    let (addr, task) = start_on(server.clone(), handler, wrapped).await;
     // Upgrade request and a first frame in one write: hyper must hand the
     // frame bytes it already read to the WebSocket.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -125,6 +190,9 @@ async fn raw_client_peer_addr_and_pipelined_frame_through_hyper() {
     assert_eq!(within("peer", rx.recv()).await.unwrap(), local);
     let f = raw.expect_frame().await;
     assert_eq!(f.payload, b"early");
+    // And the connection goes on after the hand-over.
+    raw.send_text("later").await;
+    assert_eq!(raw.expect_frame().await.payload, b"later");
     task.abort();
 }
 
