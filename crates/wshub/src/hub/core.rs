@@ -43,7 +43,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::mailbox::Sender;
 use bytes::Bytes;
 use serde::Serialize;
 use wshub_proto::{CloseCode, Message, PreparedMessage};
@@ -54,6 +53,7 @@ use super::broker::{
     StreamPosition,
 };
 use super::config::{HubConfig, NamespaceConfig, SlowConsumer};
+use super::mailbox::Sender;
 use super::metrics::{Metrics, PublishSource};
 use super::protocol::{ClientInfo, ErrorCode, Position, Push};
 use crate::config::SlowConsumerPolicy;
