@@ -64,6 +64,8 @@ if [ "$quick" = 1 ]; then
 else
   repeats=${repeats:-3} seconds=${seconds:-10} hold=${hold:-15}
 fi
+# The report's folder, made now rather than found missing after the run.
+mkdir -p "$(dirname "$out_md")"
 for n in "$repeats" "$seconds" "$hold" "$idle_conns" "$deflate_conns"; do
   case $n in '' | *[!0-9]* | 0) echo "counts and durations must be positive integers, got '$n'" >&2; exit 2 ;; esac
 done
@@ -142,7 +144,7 @@ start() {
     ws) cmd=(node "$root/bench/node/$kind.js" "127.0.0.1:$port") ;;
     tokio-tungstenite) cmd=("$bin/tungstenite-$kind" "127.0.0.1:$port") ;;
     fastwebsockets) cmd=("$bin/fastws-$kind" "127.0.0.1:$port") ;;
-    wshub-hub) cmd=("$bin/wshub" serve --config "$work/hub.toml" --listen "127.0.0.1:$port") ;;
+    wshub-hub) cmd=("$bin/wshub" serve --config "$root/bench/hub.toml" --listen "127.0.0.1:$port") ;;
   esac
   local log="$work/logs/$server-$kind-$port.log"
   env RUST_LOG=warn "$@" taskset -c 0 "${cmd[@]}" >"$log" 2>&1 &
@@ -282,22 +284,6 @@ fi
 
 if wanted hub-5000; then
   echo "== hub: 5000 subscribers of one channel, publications through the HTTP API"
-  cat >"$work/hub.toml" <<'TOML'
-# The hub of bench/compare.sh: anonymous subscribers (no token minting in
-# the measured path), no per-IP limits (every client comes from 127.0.0.1).
-[limits]
-max_connections_per_ip = 0
-handshake_rate_per_ip = 0.0
-[auth]
-allow_anonymous = true
-[api]
-key = "compare-suite-api-key"
-[log]
-level = "warn"
-[namespaces.bench]
-subscribe = "all"
-presence = false
-TOML
   start wshub-hub hub
   for r in $(passes); do
     # 20 publications/s × 5000 subscribers = 100,000 deliveries/s offered.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Server memory per hub subscriber: `wshub serve` (memory broker, the
-# comparison suite's hub config) pinned to CPU 0; `wshub bench hub` on CPU 1
+# Server memory per hub subscriber: `wshub serve` (memory broker,
+# `bench/hub.toml`, as in the comparison suite) pinned to CPU 0; `wshub bench hub` on CPU 1
 # subscribes N anonymous clients to one channel, publishes at 1/s for a few
 # seconds (every delivery checked), then leaves. RSS is read from /proc before
 # the clients connect and after the run (the allocator keeps what it got, so
@@ -28,20 +28,6 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-cat >"$work/hub.toml" <<'TOML'
-[limits]
-max_connections_per_ip = 0
-handshake_rate_per_ip = 0.0
-[auth]
-allow_anonymous = true
-[api]
-key = "hub-memory-api-key"
-[log]
-level = "warn"
-[namespaces.bench]
-subscribe = "all"
-presence = false
-TOML
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
@@ -50,7 +36,7 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 results=()
 for r in $(seq "$runs"); do
   p=$(port)
-  taskset -c 0 "$server_bin" serve --config "$work/hub.toml" --listen "127.0.0.1:$p" \
+  taskset -c 0 "$server_bin" serve --config bench/hub.toml --listen "127.0.0.1:$p" \
     >"$work/server.log" 2>&1 &
   pid=$!
   if ! wait_port "$p"; then
@@ -59,7 +45,7 @@ for r in $(seq "$runs"); do
     exit 1
   fi
   before=$(rss_kib "$pid")
-  timeout 120 taskset -c 1 "$bin" bench hub "http://127.0.0.1:$p" --api-key hub-memory-api-key \
+  timeout 120 taskset -c 1 "$bin" bench hub "http://127.0.0.1:$p" --api-key compare-suite-api-key \
     -c "$subscribers" --channels 1 --publishers 1 --rate 1 -s 64 -d 3 --drain 2 \
     --json "$work/run.json" -q >/dev/null
   after=$(rss_kib "$pid")

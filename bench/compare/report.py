@@ -495,8 +495,8 @@ def main():
           "port, `$SERVER_PID` its process. Servers run as `taskset -c 0 SERVER "
           "127.0.0.1:$PORT` (`$BIN/examples/echo`, `node bench/node/echo.js`, "
           "`$BIN/tungstenite-echo`, `$BIN/fastws-echo`, and the `broadcast` ones); the hub "
-          "as `taskset -c 0 $BIN/wshub serve --config hub.toml --listen 127.0.0.1:$PORT` with "
-          "the config written by the script.", "", "```text"]
+          "as `taskset -c 0 $BIN/wshub serve --config bench/hub.toml --listen 127.0.0.1:$PORT`.",
+          "", "```text"]
     seen = set()
     for (case, server), cmd in commands.items():
         if (case, cmd) in seen:

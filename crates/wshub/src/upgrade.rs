@@ -153,32 +153,55 @@ fn spawn_connection(
     handler: Handler,
     guard: ActiveGuard,
 ) {
-    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let leftover = parts.read_buf.to_vec();
-            let io = parts.io.into_inner();
-            tokio::spawn(server.connection(io, registration, leftover, handler, guard));
-            return;
-        }
+    let conn = Upgrading {
+        server,
+        registration,
+        handler,
+        guard,
+    };
+    let upgraded = match take_stream::<TcpStream>(upgraded) {
+        Ok((io, leftover)) => return conn.spawn(io, leftover),
         Err(upgraded) => upgraded,
     };
     #[cfg(feature = "tls")]
-    let upgraded = match upgraded.downcast::<TokioIo<crate::tls::TlsStream<TcpStream>>>() {
-        Ok(parts) => {
-            let leftover = parts.read_buf.to_vec();
-            let io = parts.io.into_inner();
-            tokio::spawn(server.connection(io, registration, leftover, handler, guard));
-            return;
-        }
+    let upgraded = match take_stream::<crate::tls::TlsStream<TcpStream>>(upgraded) {
+        Ok((io, leftover)) => return conn.spawn(io, leftover),
         Err(upgraded) => upgraded,
     };
-    tokio::spawn(server.connection(
-        TokioIo::new(upgraded),
-        registration,
-        Vec::new(),
-        handler,
-        guard,
-    ));
+    conn.spawn(TokioIo::new(upgraded), Vec::new());
+}
+
+/// What a connection needs besides its stream, once hyper has upgraded it.
+struct Upgrading {
+    server: Server,
+    registration: Registration,
+    handler: Handler,
+    guard: ActiveGuard,
+}
+
+impl Upgrading {
+    fn spawn<S>(self, io: S, leftover: Vec<u8>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Upgrading {
+            server,
+            registration,
+            handler,
+            guard,
+        } = self;
+        tokio::spawn(server.connection(io, registration, leftover, handler, guard));
+    }
+}
+
+/// The stream under `upgraded` if hyper was serving it as `TokioIo<S>`, and the
+/// bytes hyper had read past the request; `upgraded` back otherwise.
+fn take_stream<S>(upgraded: Upgraded) -> Result<(S, Vec<u8>), Upgraded>
+where
+    TokioIo<S>: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    let parts = upgraded.downcast::<TokioIo<S>>()?;
+    Ok((parts.io.into_inner(), parts.read_buf.to_vec()))
 }
 
 /// Upgrades a hyper request to a WebSocket run by `server`, calling `handler` with
