@@ -38,18 +38,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on port $1" >&2; return 1
-}
+source bench/lib.sh
 random() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 
 secret=$(random)
 export WSHUB_API_KEY
 WSHUB_API_KEY=$(random)
 
-redis_port=$(port)
+redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
   >"$tmp/redis.log" 2>&1 &
 pids+=($!)
@@ -58,7 +54,7 @@ wait_port "$redis_port"
 urls=()
 shown=()
 for i in 1 2 3; do
-  p=$(port)
+  p=$(free_port)
   # The bench opens every subscriber from 127.0.0.1: no per-IP limits.
   cat >"$tmp/node$i.toml" <<EOF
 [limits]

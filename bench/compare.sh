@@ -130,7 +130,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/lib.sh
 
 # start SERVER KIND [ENV=VALUE…]: starts it on CPU 0 on a free port; sets
 # $port and $pid. KIND is echo, broadcast or hub.

@@ -15,10 +15,9 @@ seconds=${2:-5}
 cargo build --release --locked -p wshub --example echo -p wshub-cli >/dev/null
 (cd bench/node && npm ci --silent --no-audit --no-fund >/dev/null)
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+source bench/lib.sh
 
-p1=$(port); p2=$(port)
+p1=$(free_port); p2=$(free_port)
 # The echo example enables permessage-deflate, but the load generator does not
 # offer it, so both servers run uncompressed.
 taskset -c 0 target/release/examples/echo "127.0.0.1:$p1" >/dev/null 2>&1 & pid1=$!

@@ -29,13 +29,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+source bench/lib.sh
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 results=()
 for r in $(seq "$runs"); do
-  p=$(port)
+  p=$(free_port)
   taskset -c 0 "$server_bin" serve --config bench/hub.toml --listen "127.0.0.1:$p" \
     >"$work/server.log" 2>&1 &
   pid=$!

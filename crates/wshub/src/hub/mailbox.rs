@@ -9,33 +9,39 @@
 //! `Arc` of about 100 bytes (a lock, an empty `VecDeque` and a [`Notify`]).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
 #[derive(Debug)]
 struct Inner<T> {
-    queue: Mutex<VecDeque<T>>,
+    state: Mutex<State<T>>,
     notify: Notify,
+}
+
+#[derive(Debug)]
+struct State<T> {
+    queue: VecDeque<T>,
     /// The receiver is gone: sends fail.
-    closed: AtomicBool,
+    closed: bool,
 }
 
 impl<T> Inner<T> {
-    fn queue(&self) -> MutexGuard<'_, VecDeque<T>> {
-        // A panic while the lock is held cannot leave the queue half-changed
-        // (push_back and pop_front), so a poisoned lock is still sound.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> MutexGuard<'_, State<T>> {
+        // A panic while the lock is held cannot leave the state half-changed
+        // (push_back, pop_front, a flag), so a poisoned lock is still sound.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// Creates a mailbox: the senders (cheap to clone) and its one receiver.
 pub(crate) fn mailbox<T>() -> (Sender<T>, Receiver<T>) {
     let inner = Arc::new(Inner {
-        queue: Mutex::new(VecDeque::new()),
+        state: Mutex::new(State {
+            queue: VecDeque::new(),
+            closed: false,
+        }),
         notify: Notify::new(),
-        closed: AtomicBool::new(false),
     });
     (
         Sender {
@@ -63,13 +69,14 @@ impl<T> Sender<T> {
     /// Queues `msg`; gives it back if the receiver has been dropped.
     pub(crate) fn send(&self, msg: T) -> Result<(), T> {
         {
-            let mut queue = self.inner.queue();
-            // Checked under the lock: the receiver sets `closed` and then
-            // drains under it, so a message is never left behind unreported.
-            if self.inner.closed.load(Ordering::Acquire) {
+            // One lock for the flag and the queue: the receiver's drop sets
+            // `closed` and drains under it, so a message is never left behind
+            // unreported.
+            let mut state = self.inner.state();
+            if state.closed {
                 return Err(msg);
             }
-            queue.push_back(msg);
+            state.queue.push_back(msg);
         }
         // Stores a permit if the receiver is not waiting yet, so the wake
         // cannot fall between its check of the queue and its wait.
@@ -93,7 +100,7 @@ impl<T> Receiver<T> {
     /// session that owns the receiver also holds a sender.
     pub(crate) async fn recv(&mut self) -> T {
         loop {
-            if let Some(msg) = self.inner.queue().pop_front() {
+            if let Some(msg) = self.inner.state().queue.pop_front() {
                 return msg;
             }
             self.inner.notify.notified().await;
@@ -103,9 +110,9 @@ impl<T> Receiver<T> {
 
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
-        let mut queue = self.inner.queue();
-        self.inner.closed.store(true, Ordering::Release);
-        queue.clear();
+        let mut state = self.inner.state();
+        state.closed = true;
+        state.queue.clear();
     }
 }
 
@@ -119,7 +126,7 @@ mod tests {
     #[test]
     fn an_empty_mailbox_allocates_no_queue() {
         let (tx, rx) = mailbox::<String>();
-        assert_eq!(tx.inner.queue().capacity(), 0);
+        assert_eq!(tx.inner.state().queue.capacity(), 0);
         drop(rx);
     }
 
@@ -170,7 +177,7 @@ mod tests {
         drop(rx);
         assert_eq!(tx.send(2), Err(2));
         assert!(
-            tx.inner.queue().is_empty(),
+            tx.inner.state().queue.is_empty(),
             "the receiver's drop drains the queue"
         );
     }
